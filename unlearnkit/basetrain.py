@@ -1,0 +1,171 @@
+"""Train the embedded base model from scratch on renders of the world (`unlearnkit train-base`).
+
+Infinite data: every batch is freshly rendered from random (prompt, seed) pairs, seeds below
+`TRAIN_SEEDS`; evaluations use seeds above it. Resumable: a checkpoint (weights, EMA, optimiser,
+RNG state, config) is written atomically every `checkpoint_every` steps and picked up on restart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+from .io import atomic_save, load_checkpoint
+from .models import build_pipeline, encode_images, training_scheduler
+
+TRAIN_SEEDS = 10_000_000  # training renders use seeds below this; evaluation renders use seeds above
+
+
+@dataclass
+class BaseTrainConfig:
+    size: str = "base"  # architecture from models.UNET_CONFIGS
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 32  # images per step
+    lr: float = 1e-3  # peak AdamW learning rate (linear warmup, cosine decay to 10%)
+    warmup: int = 200  # warmup steps
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999  # EMA of the weights; the EMA is what gets shipped
+    cond_dropout: float = 0.1  # share of prompts replaced by '' (classifier-free guidance)
+    snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
+    seed: int = 0
+    checkpoint_every: int = 250  # steps between checkpoints
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def _lr_at(step: int, cfg: BaseTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, **overrides) -> dict:
+    """Train (or resume) the embedded model in `out_dir`; the EMA pipeline is saved to `out_dir/pipeline`.
+
+    Returns {'steps', 'seconds', 'loss', 'pipeline'}: final step, wall time this call, mean loss of the
+    last 100 steps, and the saved pipeline's path.
+    """
+    cfg = BaseTrainConfig(**overrides)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+
+    pipe = build_pipeline(cfg.size, seed=cfg.seed).to(device)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    noise_scheduler = training_scheduler(pipe)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    prompts = world.all_prompts()
+    step, losses, log = 0, [], []
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # resume from the last checkpoint
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, expect="base-train")
+        if ckpt["config"] != asdict(cfg):
+            raise ValueError(
+                f"{ckpt_path} was written with another config ({ckpt['config']}); use a new out_dir or the same options"
+            )
+        unet.load_state_dict(ckpt["unet"])
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for e, v in zip(ema, ckpt["ema"]):
+            e.copy_(v)
+        step, log = ckpt["step"], ckpt["log"]
+        _set_rng_state(ckpt["rng"])
+
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train-base")
+    while step < cfg.steps:
+        # render a fresh batch
+        batch_prompts = [random.choice(prompts) for _ in range(cfg.batch_size)]
+        seeds = [random.randrange(TRAIN_SEEDS) for _ in range(cfg.batch_size)]
+        images = world.render_batch(batch_prompts, seeds)
+        cond = ["" if random.random() < cfg.cond_dropout else p for p in batch_prompts]
+
+        # forward: noise the images, predict the noise
+        latents = encode_images(pipe, images)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=device)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        ids = pipe.tokenizer(cond, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids.to(device)
+        encoder_hidden_states = text_encoder(ids)[0]
+        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        loss = F.mse_loss(model_pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        if cfg.snr_gamma:
+            # min-SNR weighting for epsilon prediction: min(snr, gamma) / snr
+            snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+            loss = loss * torch.clamp(snr, max=cfg.snr_gamma) / snr
+        loss = loss.mean()
+
+        # step the optimiser and the EMA
+        for g in optimizer.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+        # log and checkpoint
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            log.append({"step": step, "loss": sum(losses[-100:]) / len(losses[-100:]),
+                        "seconds": time.time() - start})
+            atomic_save({
+                "kind": "base-train", "config": asdict(cfg), "step": step, "log": log,
+                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                "optimizer": optimizer.state_dict(), "ema": ema, "rng": _rng_state(),
+            }, ckpt_path)
+    bar.close()
+
+    # export the EMA weights as a pipeline
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    export = out_dir / "pipeline"
+    pipe.save_pretrained(export)
+    (export / "training.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
+    return {"steps": step, "seconds": time.time() - start,
+            "loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "pipeline": str(export)}

@@ -1,0 +1,188 @@
+"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | reproduce` (also `python -m unlearnkit`).
+
+Every subcommand calls the same functions the notebooks call. Bad input prints one line naming
+the input and the fix, and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise ValueError("--seeds is empty; give at least one seed, e.g. --seeds 0,1")
+    return seeds
+
+
+def _override(text: str):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--set takes FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _load(path: str | None, device: str | None):
+    from .models import load_base, load_pipeline
+
+    return load_base(device=device) if path in (None, "base") else load_pipeline(path, device=device)
+
+
+def _task(args):
+    from .tasks import get_task
+    from .world import task
+
+    if args.forget:
+        return task(forget=args.forget, neighbour=args.neighbour)
+    return get_task(args.task)
+
+
+def cmd_train_base(args):
+    from .basetrain import train_base
+
+    overrides = dict(_override(s) for s in args.set)
+    result = train_base(args.out, device=args.device or "cpu", progress=not args.json, steps=args.steps,
+                        batch_size=args.batch_size, seed=args.seed, **overrides)
+    return result
+
+
+def cmd_sample(args):
+    from torchvision.utils import save_image
+
+    from .sampling import sample
+
+    pipe = _load(args.model, args.device)
+    images = sample(pipe, args.prompt, _seeds(args.seeds), steps=args.steps, guidance_scale=args.guidance,
+                    progress=not args.json)
+    save_image(images, args.out, nrow=len(_seeds(args.seeds)), padding=1)
+    return {"images": len(images), "out": args.out}
+
+
+def cmd_unlearn(args):
+    from .train import unlearn
+
+    pipe = _load(args.model, args.device)
+    overrides = dict(_override(s) for s in args.set)
+    result = unlearn(pipe, _task(args), args.method, out_dir=args.out, progress=not args.json, **overrides)
+    from .models import is_latent
+
+    target = Path(args.out) / "pipeline"
+    if is_latent(result.pipeline):
+        from .sd import save_unlearned_unet
+
+        save_unlearned_unet(result.pipeline, target, base=args.model)
+    else:
+        result.pipeline.save_pretrained(target)
+    (Path(args.out) / "history.json").write_text(json.dumps(result.history))
+    return {"method": result.method, "pipeline": str(target), "seconds": round(result.seconds, 2),
+            "final_loss": result.history[-1]["loss"]}
+
+
+def cmd_evaluate(args):
+    from .metrics import evaluate
+
+    base = _load(args.base, args.device)
+    unlearned = _load(args.model, args.device)
+    result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
+                      guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
+                      progress=not args.json)
+    return result
+
+
+def cmd_reproduce(args):
+    from .reproduce import reproduce
+
+    return reproduce(profile=args.profile, out_dir=args.out, only=args.only)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unlearnkit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        sp.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    def task_args(sp):
+        sp.add_argument("--task", default="object", help="built-in task: object, style, sd-vangogh, sd-cat")
+        sp.add_argument("--forget", default=None, help="forget this concept word of the embedded world instead")
+        sp.add_argument("--neighbour", default=None, help="with --forget: the retain concept to watch first")
+
+    sp = sub.add_parser("train-base", help="train the embedded base model from scratch (resumable)")
+    sp.add_argument("--out", default="runs/base", help="folder for checkpoints and the final pipeline")
+    sp.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    sp.add_argument("--batch-size", type=int, default=32, help="images per step")
+    sp.add_argument("--seed", type=int, default=0, help="training seed")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="other BaseTrainConfig fields")
+    common(sp)
+    sp.set_defaults(func=cmd_train_base)
+
+    sp = sub.add_parser("sample", help="generate images, one per (prompt, seed), into a PNG grid")
+    sp.add_argument("prompt", nargs="+", help="prompts, e.g. 'a red circle, striped style'")
+    sp.add_argument("--model", default="base", help="'base' (shipped model), a pipeline folder or a hub id")
+    sp.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sp.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    sp.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    sp.add_argument("--out", default="samples.png", help="output PNG")
+    common(sp)
+    sp.set_defaults(func=cmd_sample)
+
+    sp = sub.add_parser("unlearn", help="unlearn a task with a method; saves the unlearned pipeline")
+    sp.add_argument("--method", default="esd-x", help="ga, esd-x, esd-u, salun, sa, saddle, ovw, ovw-nohelp")
+    sp.add_argument("--model", default="base", help="the base: 'base', a pipeline folder or a hub id")
+    sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="config overrides, e.g. --set steps=200 --set help_weight=1")
+    task_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_unlearn)
+
+    sp = sub.add_parser("evaluate", help="retention metric I, forget rate, accuracy and FID of a model vs its base")
+    sp.add_argument("model", help="the unlearned pipeline folder")
+    sp.add_argument("--base", default="base", help="the base model ('base', a folder or a hub id)")
+    sp.add_argument("--seeds", default="0,1", help="comma-separated evaluation seeds")
+    sp.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale")
+    sp.add_argument("--lpips-net", default="stlpips", help="stlpips (offline) or lpips-alex")
+    sp.add_argument("--max-retain", type=int, default=None, help="evaluate the first N retain prompts")
+    task_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("reproduce", help="run every notebook through papermill and write figures/")
+    sp.add_argument("--profile", default="cpu", help="smoke (seconds), cpu (the embedded reproduction) or gpu")
+    sp.add_argument("--out", default="executed", help="folder for the executed notebooks")
+    sp.add_argument("--only", default=None, help="comma-separated notebook name prefixes to run, e.g. 00,08")
+    common(sp)
+    sp.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"unlearnkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, default=str))
+    elif result is not None:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

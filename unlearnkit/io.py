@@ -1,0 +1,49 @@
+"""Atomic writes and checked loads: a crash mid-write never replaces a good file with a broken one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | Path, expect: str | None = None) -> dict:
+    """torch.load a checkpoint written by `atomic_save`; a ValueError names a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist; check the path or start a new run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({type(e).__name__}: {e}); "
+                         "delete it to start over") from e
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise ValueError(f"checkpoint {str(path)!r} was not written by unlearnkit; delete it or pass another path")
+    if expect is not None and ckpt["kind"] != expect:
+        raise ValueError(f"checkpoint {str(path)!r} is a {ckpt['kind']!r} checkpoint, not {expect!r}; "
+                         "pass the matching checkpoint or a new output folder")
+    return ckpt

@@ -1,0 +1,105 @@
+"""Loss terms of every method, as pure functions: tensors in, a scalar (or a target) out.
+
+Equations are those of `shared/paper/METHODS.md` (the kit's specification); the baselines follow
+their original papers. Saddle and OVW are *as formulated in unlearnkit*: the paper's body is not
+available, so they are our reading of its abstract and figure captions. Every constant is an
+argument (a config field upstream), never a literal here. `*_pred` are UNet outputs ε_θ, `base_*`
+are frozen-base outputs ε_θ0 computed under no_grad, `noise` is the ε that produced x_t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def simple_loss(model_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """L_simple = E ‖ε − ε_θ(x_t, c, t)‖² (Ho et al. 2020, eq. 14), mean over all elements."""
+    return F.mse_loss(model_pred.float(), noise.float())
+
+
+def ga_loss(forget_pred: torch.Tensor, forget_noise: torch.Tensor, retain_pred: torch.Tensor | None = None,
+            retain_noise: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
+    """Gradient ascent: −L_simple(θ; x_f, c_f) + α·L_simple(θ; x_r, c_r) (METHODS.md, `ga`). Unbounded below."""
+    loss = -simple_loss(forget_pred, forget_noise)
+    if alpha and retain_pred is not None:
+        loss = loss + alpha * simple_loss(retain_pred, retain_noise)
+    return loss
+
+
+def esd_target(base_uncond: torch.Tensor, base_cond: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's negatively guided target ε_θ0(x_t, ∅, t) − η(ε_θ0(x_t, c_f, t) − ε_θ0(x_t, ∅, t)).
+
+    Gandikota et al. 2023, eq. 4. Computed from the frozen base: the caller wraps it in no_grad.
+    """
+    return base_uncond - eta * (base_cond - base_uncond)
+
+
+def regression_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """‖ε_θ(x_t, c, t) − sg[target]‖²: ESD (eq. 4), SalUn's relabelling and OVW's overwrite all have this form."""
+    return F.mse_loss(model_pred.float(), target.detach().float())
+
+
+def salun_loss(forget_pred: torch.Tensor, random_target: torch.Tensor, retain_pred: torch.Tensor,
+               retain_noise: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SalUn (Fan et al. 2024, eq. 8): ‖ε_θ(x_t^f, c_f) − sg[ε_θ(x_t^f, c_rand)]‖² + α·L_simple(θ; x_r, c_r).
+
+    The saliency mask is applied to the gradients by the training loop, not here.
+    """
+    return regression_loss(forget_pred, random_target) + alpha * simple_loss(retain_pred, retain_noise)
+
+
+def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
+    """SalUn's weight-saliency mask m = 1[|∇θ L_F| ≥ the (1 − ratio) quantile over all parameters].
+
+    Returns a {name: bool tensor} that keeps the `ratio` share of parameters with the largest |gradient|.
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"saliency ratio must be in (0, 1], got {ratio}")
+    flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
+    k = max(1, int(round(ratio * flat.numel())))
+    threshold = torch.topk(flat, k, sorted=True).values[-1]
+    return {name: g.abs().float() >= threshold for name, g in grads.items()}
+
+
+def ewc_penalty(params: Iterable[torch.Tensor], base_params: Iterable[torch.Tensor],
+                fisher: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Σ_i F_i (θ_i − θ0_i)², the elastic-weight-consolidation term of Selective Amnesia (Heng & Soh 2023, eq. 6)."""
+    total = None
+    for p, p0, f in zip(params, base_params, fisher):
+        term = (f * (p.float() - p0.float()) ** 2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("ewc_penalty needs at least one parameter")
+    return total
+
+
+def sa_loss(surrogate_pred: torch.Tensor, surrogate_noise: torch.Tensor, replay_pred: torch.Tensor,
+            replay_noise: torch.Tensor, penalty: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Selective Amnesia: L_simple(θ; x_a, c_f) + γ·L_simple(θ; replay) + λ·Σ F(θ − θ0)² (METHODS.md, `sa`)."""
+    return simple_loss(surrogate_pred, surrogate_noise) + gamma * simple_loss(replay_pred, replay_noise) + lam * penalty
+
+
+def help_loss(retain_pred: torch.Tensor, base_retain: torch.Tensor, uncond_pred: torch.Tensor | None = None,
+              base_uncond: torch.Tensor | None = None, uncond_weight: float = 1.0) -> torch.Tensor:
+    """L_help = E_R ‖ε_θ(x_t, c, t) − ε_θ0(x_t, c, t)‖² + β_∅·E_R ‖ε_θ(x_t, ∅, t) − ε_θ0(x_t, ∅, t)‖².
+
+    METHODS.md, "Help losses": distillation to the base on retain data plus the unconditional branch.
+    """
+    loss = regression_loss(retain_pred, base_retain)
+    if uncond_weight and uncond_pred is not None:
+        loss = loss + uncond_weight * regression_loss(uncond_pred, base_uncond)
+    return loss
+
+
+def saddle_lagrangian(help: torch.Tensor, forget_loss: torch.Tensor, mu: float, tau: float,
+                      help_weight: float) -> torch.Tensor:
+    """L(θ, μ) = λ_help·L_help(θ) + μ·(τ − L_F(θ)), minimised in θ (METHODS.md, `saddle`, as formulated here)."""
+    return help_weight * help + mu * (tau - forget_loss)
+
+
+def saddle_dual_step(mu: float, tau: float, forget_loss: float, mu_lr: float) -> float:
+    """Projected ascent on the multiplier: μ ← max(0, μ + η_μ(τ − L_F)). Returns the new μ (a float)."""
+    return max(0.0, mu + mu_lr * (tau - float(forget_loss)))

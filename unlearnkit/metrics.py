@@ -1,0 +1,215 @@
+"""The retention metric I and the evaluation suite (METHODS.md, "Retention metric").
+
+LPIPS_ret = mean LPIPS(x0, x) over retain prompts × seeds, where x0 and x are the base and the
+unlearned model's images for the same prompt and the same initial noise; I = 1 − LPIPS_ret.
+Base images come from the disk cache (they depend only on the base, prompts, seeds and sampler).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .data import cached_sample_pairs, pipeline_fingerprint
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+LPIPS_NETS = ("stlpips", "lpips-alex")
+LPIPS_SIZE = 64  # images are resized (bilinear) to this before the network: AlexNet's stride 4 needs room
+_ST_WEIGHTS = "weights/vST0.0/alex_shift_tolerant.pth"
+
+
+class LPIPSDistance(torch.nn.Module):
+    """LPIPS between image batches in [0,1], resized to `size`; `.name` says which network and size.
+
+    'stlpips': the shift-tolerant LPIPS (stlpips-pytorch, AlexNet, ships its full weights: offline).
+    'lpips-alex': the standard `lpips` package AlexNet (needs torchvision's AlexNet weights).
+    """
+
+    def __init__(self, net: str = "stlpips", size: int = LPIPS_SIZE):
+        super().__init__()
+        if net not in LPIPS_NETS:
+            raise ValueError(f"unknown lpips_net {net!r}; choose one of: {', '.join(LPIPS_NETS)}")
+        if size < 32:
+            raise ValueError(f"lpips_size must be >= 32 (AlexNet's first layer has stride 4), got {size}")
+        self.size = size
+        if net == "stlpips":
+            import importlib.resources
+
+            from stlpips_pytorch import stlpips
+
+            self.model = stlpips.LPIPS(net="alex", variant="shift_tolerant", pretrained=False, verbose=False)
+            path = importlib.resources.files("stlpips_pytorch") / _ST_WEIGHTS
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            # strict load: `lins.N` is an alias of `linN` in this model, so fill it from the same tensors
+            for k in [k for k in self.model.state_dict() if k.startswith("lins.")]:
+                _, i, rest = k.split(".", 2)
+                state[k] = state[f"lin{i}.{rest}"]
+            self.model.load_state_dict(state, strict=True)
+            self.name = f"stlpips-alex-shift-tolerant@{size}px"
+        else:
+            import lpips
+
+            try:
+                self.model = lpips.LPIPS(net="alex", verbose=False)
+            except Exception as e:
+                raise ValueError(f"lpips_net='lpips-alex' needs torchvision's AlexNet weights, which could not be "
+                                 f"loaded ({type(e).__name__}); use lpips_net='stlpips' (works offline)") from e
+            self.name = f"lpips-alex@{size}px"
+        self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Per-pair LPIPS [N] (float32, CPU) for images [N,3,H,W] in [0,1]."""
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS needs images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(x), batch_size):
+            a, b = (F.interpolate(t[i:i + batch_size].to(device).float(), size=(self.size, self.size),
+                                  mode="bilinear", align_corners=False) for t in (x, y))
+            out.append(self.model(a * 2 - 1, b * 2 - 1).flatten().float().cpu())
+        return torch.cat(out)
+
+
+def bootstrap_ci(values: torch.Tensor, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling the prompt × seed pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
+    means = values[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return lo, hi
+
+
+class _Features(torch.nn.Module):
+    # the classifier's penultimate features, as torchmetrics' custom FID feature extractor
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return self.classifier.features(F.interpolate(x, size=(world.RESOLUTION, world.RESOLUTION),
+                                                      mode="bilinear", align_corners=False))
+
+
+def classifier_fid(classifier, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between two image sets [N,3,H,W] in [0,1] on the concept classifier's 128-d features (not Inception)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=_Features(classifier), normalize=True)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())
+
+
+def _pairs(prompts, seeds):
+    pairs = [(p, int(s)) for p in prompts for s in seeds]
+    return [p for p, _ in pairs], [s for _, s in pairs]
+
+
+def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
+             guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
+             max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
+             lpips: LPIPSDistance | None = None, progress: bool | None = None) -> dict:
+    """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
+
+    Returns a dict: lpips_ret, integrity (= 1 − lpips_ret), lpips_ret_ci (95% bootstrap over prompts × seeds),
+    lpips_forget, per_concept (lpips_ret per retain concept, neighbour first), forget_rate, retain_accuracy,
+    base_forget_rate, base_retain_accuracy, fid (on classifier features; see fid_features), lpips_net, n_retain,
+    n_forget and seconds. `max_retain` evaluates the first N retain prompts (neighbour prompts come first).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty; evaluate needs at least one seed, e.g. seeds=[0, 1]")
+    start = time.time()
+    lpips = lpips or LPIPSDistance(lpips_net, lpips_size)
+    retain_prompts = task.retain_prompts[:max_retain] if max_retain else task.retain_prompts
+    r_prompts, r_seeds = _pairs(retain_prompts, seeds)
+    f_prompts, f_seeds = _pairs(task.forget_prompts, seeds)
+    base_fp = pipeline_fingerprint(base)
+    same = pipeline_fingerprint(unlearned) == base_fp
+
+    def images(pipe, fp, prompts, s):
+        return cached_sample_pairs(pipe, prompts, s, steps, guidance_scale, cache_dir, fp, progress)
+
+    base_r, base_f = images(base, base_fp, r_prompts, r_seeds), images(base, base_fp, f_prompts, f_seeds)
+    if same:
+        new_r, new_f = base_r, base_f
+    else:
+        new_fp = pipeline_fingerprint(unlearned)
+        new_r, new_f = images(unlearned, new_fp, r_prompts, r_seeds), images(unlearned, new_fp, f_prompts, f_seeds)
+    d_r, d_f = lpips(base_r, new_r), lpips(base_f, new_f)
+    out = {"lpips_ret": float(d_r.mean()), "integrity": 1 - float(d_r.mean()),
+           "lpips_ret_ci": bootstrap_ci(d_r), "lpips_forget": float(d_f.mean()),
+           "lpips_forget_ci": bootstrap_ci(d_f), "lpips_net": lpips.name}
+    concept = dict(zip(task.retain_prompts, task.retain_concepts)) if task.retain_concepts else {}
+    per = {}
+    for p, d in zip(r_prompts, d_r.tolist()):
+        per.setdefault(concept.get(p, "retain"), []).append(d)
+    out["per_concept"] = {k: sum(v) / len(v) for k, v in per.items()}
+
+    # forgetting and accuracy: the concept classifier on the embedded world
+    if task.kind in world.KINDS and all(_is_world(p) for p in retain_prompts + task.forget_prompts[:1]):
+        from .classifier import load_classifier
+
+        clf = classifier or load_classifier()
+        pred_f, pred_r = clf.predict(new_f), clf.predict(new_r)
+        truth_r = [world.parse(p) for p in r_prompts]
+        out["forget_rate"] = sum(p[task.kind] == task.forget_concept for p in pred_f) / len(pred_f)
+        out["retain_accuracy"] = sum(p == t for p, t in zip(pred_r, truth_r)) / len(pred_r)
+        base_pf, base_pr = clf.predict(base_f), clf.predict(base_r)
+        out["base_forget_rate"] = sum(p[task.kind] == task.forget_concept for p in base_pf) / len(base_pf)
+        out["base_retain_accuracy"] = sum(p == t for p, t in zip(base_pr, truth_r)) / len(base_pr)
+        if fid:
+            # real images: renders of the same retain prompts with the same evaluation seeds
+            real = world.render_batch(r_prompts, r_seeds, resolution=new_r.shape[-1])
+            out["fid"] = classifier_fid(clf, real, new_r)
+            out["fid_features"] = "concept classifier (128-d penultimate layer), not Inception"
+    out.update(n_retain=len(r_prompts), n_forget=len(f_prompts), seeds=seeds, steps=steps,
+               guidance_scale=guidance_scale, seconds=time.time() - start)
+    return out
+
+
+def _is_world(p: str) -> bool:
+    try:
+        world.parse(p)
+        return True
+    except ValueError:
+        return False
+
+
+def results_table(results: dict[str, dict], path: str | Path | None = None) -> str:
+    """Table 1: methods × metrics as Markdown (returned); with `path`, also writes `path`.md and `path`.csv."""
+    cols = [("FID (clf)", "fid", "{:.2f}"), ("accuracy", "retain_accuracy", "{:.3f}"),
+            ("forget rate", "forget_rate", "{:.3f}"), ("LPIPS_ret", "lpips_ret", "{:.3f}"),
+            ("I", "integrity", "{:.3f}"), ("LPIPS_forget", "lpips_forget", "{:.3f}")]
+    lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    csv = ["method," + ",".join(k for _, k, _ in cols) + ",lpips_ret_lo,lpips_ret_hi"]
+    for method, r in results.items():
+        cells = []
+        for _, key, fmt in cols:
+            v = r.get(key)
+            cell = "—" if v is None else fmt.format(v)
+            if key == "lpips_ret" and v is not None:
+                lo, hi = r["lpips_ret_ci"]
+                cell += f" [{lo:.3f}, {hi:.3f}]"
+            if key == "integrity" and v is not None:
+                lo, hi = r["lpips_ret_ci"]
+                cell += f" [{1 - hi:.3f}, {1 - lo:.3f}]"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        csv.append(method + "," + ",".join("" if r.get(k) is None else f"{r[k]:.6g}" for _, k, _ in cols)
+                   + ",{:.6g},{:.6g}".format(*r["lpips_ret_ci"]))
+    net = next(iter(results.values())).get("lpips_net", "?") if results else "?"
+    md = "\n".join(lines) + f"\n\nLPIPS network: {net}. Intervals: 95% bootstrap over prompts × seeds.\n"
+    if path:
+        from .io import atomic_write
+
+        path = Path(path)
+        atomic_write(path.with_suffix(".md"), lambda t: Path(t).write_text(md))
+        atomic_write(path.with_suffix(".csv"), lambda t: Path(t).write_text("\n".join(csv) + "\n"))
+    return md
