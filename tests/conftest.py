@@ -21,10 +21,11 @@ def tiny_pipe():
 
 @pytest.fixture
 def object_task():
+    # the built-in object task cut to a few prompts: the same structure, seconds instead of minutes
     import unlearnkit as uk
 
-    return uk.get_task("object")
+    t = uk.get_task("object")
+    return uk.Task(name="object-small", forget_prompts=t.forget_prompts[:3], retain_prompts=t.retain_prompts[:4],
+                   anchor_prompts=t.anchor_prompts[:3], forget_concept=t.forget_concept,
+                   neighbour_concept=t.neighbour_concept, kind=t.kind, retain_concepts=t.retain_concepts[:4])
 
-
-# a quick sampler / data setting for tests: 2 DDIM steps
-FAST = dict(steps=2, batch_size=2, data_steps=2, progress=False)
