@@ -19,7 +19,8 @@ fi
 cmd=${1:-test}
 shift || true
 case "$cmd" in
-  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  # the notebooks run under nbmake on the smoke profile (seconds each)
+  test) UNLEARNKIT_PROFILE=smoke exec .venv/bin/python -m pytest -q tests --nbmake notebooks "$@" ;;
   reproduce) exec .venv/bin/unlearnkit reproduce "$@" ;;
   *) echo "usage: bash run.sh test|reproduce [options]" >&2; exit 2 ;;
 esac

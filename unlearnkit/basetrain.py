@@ -158,14 +158,25 @@ def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, 
             }, ckpt_path)
     bar.close()
 
-    # export the EMA weights as a pipeline
+    export = export_pipeline(out_dir)
+    return {"steps": step, "seconds": time.time() - start,
+            "loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "pipeline": str(export)}
+
+
+def export_pipeline(out_dir: str | Path) -> Path:
+    """Save the EMA weights of the last checkpoint in `out_dir` as a pipeline in `out_dir/pipeline`."""
+    out_dir = Path(out_dir)
+    ckpt = load_checkpoint(out_dir / "checkpoint.pt", expect="base-train")
+    cfg = BaseTrainConfig(**ckpt["config"])
+    pipe = build_pipeline(cfg.size, seed=cfg.seed)
+    params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
     with torch.no_grad():
-        for e, p in zip(ema, params):
+        for p, e in zip(params, ckpt["ema"]):
             p.copy_(e)
     pipe.unet.eval()
     pipe.text_encoder.eval()
     export = out_dir / "pipeline"
     pipe.save_pretrained(export)
-    (export / "training.json").write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1))
-    return {"steps": step, "seconds": time.time() - start,
-            "loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "pipeline": str(export)}
+    (export / "training.json").write_text(json.dumps({"config": ckpt["config"], "step": ckpt["step"],
+                                                      "log": ckpt["log"]}, indent=1))
+    return export

@@ -69,11 +69,14 @@ def cmd_sample(args):
 
 
 def cmd_unlearn(args):
+    from .methods import make_config
     from .train import unlearn
 
-    pipe = _load(args.model, args.device)
     overrides = dict(_override(s) for s in args.set)
-    result = unlearn(pipe, _task(args), args.method, out_dir=args.out, progress=not args.json, **overrides)
+    make_config(args.method, **overrides)  # a bad method or field fails before any model loads
+    task = _task(args)
+    pipe = _load(args.model, args.device)
+    result = unlearn(pipe, task, args.method, out_dir=args.out, progress=not args.json, **overrides)
     from .models import is_latent
 
     target = Path(args.out) / "pipeline"

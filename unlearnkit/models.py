@@ -134,6 +134,15 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
 
 def encode_images(pipe, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images [N,3,H,W] in [0,1] -> the UNet's input space (pixels in [-1,1], or scaled VAE latents)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be [N, 3, H, W] RGB in [0, 1], got shape {tuple(images.shape)}")
+    if not is_latent(pipe):
+        size = sample_shape(pipe)[1:]
+        if tuple(images.shape[2:]) != size:
+            raise ValueError(f"this model takes {size[0]}x{size[1]} images, got {images.shape[2]}x{images.shape[3]}; "
+                             "resize them first")
+    elif images.shape[2] % 8 or images.shape[3] % 8:
+        raise ValueError(f"Stable Diffusion's VAE takes sides that are multiples of 8, got {tuple(images.shape[2:])}")
     x = images.to(pipeline_device(pipe)) * 2 - 1
     if not is_latent(pipe):
         return x

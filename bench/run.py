@@ -1,0 +1,152 @@
+"""Benchmarks, measured side by side in one run (ratios, not absolute times: the machine is noisy).
+
+    python bench/run.py [--quick] [--model base|tiny]
+
+1. Step throughput of every method in the kit's loop vs a naive reference loop written here: the
+   text encoder run every step, separate fp32 UNet calls for each frozen target and each example
+   (no batching, no caching). `step_speedup_min` is the smallest kit/naive ratio over methods.
+2. Evaluation of a second model against the same base with the base-image cache vs without
+   (`eval_cache_ratio` = time with / time without).
+3. Sampling images/s, peak memory (RSS on CPU, CUDA peak on GPU).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import torch
+
+import unlearnkit as uk
+from unlearnkit import losses
+from unlearnkit.data import training_data
+from unlearnkit.methods import make_config
+from unlearnkit.models import build_pipeline, encode_images, training_scheduler
+
+METHODS = ("ga", "esd-x", "salun", "sa", "saddle", "ovw")
+
+
+def naive_steps(pipe, task, method, steps, batch_size, data):
+    """A straightforward loop: no cached embeddings, one frozen-UNet call per target and per example."""
+    base, unet = pipe.unet, copy.deepcopy(pipe.unet).train()
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-5)
+    sched = training_scheduler(pipe)
+    fp, fi = data["forget"]
+    rp, ri = data["retain"]
+    ap, _ = data.get("anchor", (fp, fi))
+    g = torch.Generator().manual_seed(0)
+
+    def embed(prompts):
+        ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids
+        return pipe.text_encoder(ids)[0]
+
+    def noisy(images, idx):
+        x0 = encode_images(pipe, images[idx])
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (len(idx),), generator=g)
+        return sched.add_noise(x0, noise, t), noise, t
+
+    def frozen(x, t, e):
+        with torch.no_grad():
+            return torch.cat([base(x[i:i + 1], t[i:i + 1], e[i:i + 1]).sample for i in range(len(x))])
+
+    start = time.time()
+    for _ in range(steps):
+        idx = torch.randint(0, len(fp), (batch_size,), generator=g)
+        x_t, noise, t = noisy(fi, idx)
+        e_f = embed([fp[i] for i in idx])
+        e_null = embed([""] * batch_size)
+        pred = unet(x_t, t, e_f).sample
+        if method == "ga":
+            loss = losses.ga_loss(pred, noise)
+        elif method == "esd-x":
+            loss = losses.regression_loss(pred, losses.esd_target(frozen(x_t, t, e_null), frozen(x_t, t, e_f), 1.0))
+        elif method == "salun":
+            with torch.no_grad():
+                target = torch.cat([unet(x_t[i:i + 1], t[i:i + 1], e_null[i:i + 1]).sample for i in range(batch_size)])
+            ridx = torch.randint(0, len(rp), (batch_size,), generator=g)
+            rx, rn, rt = noisy(ri, ridx)
+            loss = losses.salun_loss(pred, target, unet(rx, rt, embed([rp[i] for i in ridx])).sample, rn, 0.5)
+        elif method == "sa":
+            ridx = torch.randint(0, len(rp), (batch_size,), generator=g)
+            rx, rn, rt = noisy(ri, ridx)
+            loss = losses.simple_loss(pred, noise) + losses.simple_loss(unet(rx, rt, embed([rp[i] for i in ridx])).sample, rn)
+        else:  # saddle and ovw: a help loss on retain data, each target its own call
+            if method == "ovw":
+                loss = losses.regression_loss(pred, frozen(x_t, t, embed([ap[i] for i in idx])))
+            else:
+                loss = -losses.simple_loss(pred, noise)
+            ridx = torch.randint(0, len(rp), (batch_size,), generator=g)
+            rx, _, rt = noisy(ri, ridx)
+            e_r = embed([rp[i] for i in ridx])
+            loss = loss + losses.help_loss(unet(rx, rt, e_r).sample, frozen(rx, rt, e_r),
+                                           unet(rx, rt, e_null).sample, frozen(rx, rt, e_null))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps / (time.time() - start)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps and prompts (a few minutes)")
+    ap.add_argument("--model", default="base", help="'base' (the shipped model) or 'tiny' (random)")
+    args = ap.parse_args(argv)
+    steps, batch = (6, 4) if args.quick else (20, 8)
+    pipe = uk.load_base(device="cpu") if args.model == "base" else build_pipeline("tiny")
+    full = uk.get_task("object")
+    task = uk.Task(name="bench", forget_prompts=full.forget_prompts[:6], retain_prompts=full.retain_prompts[:12],
+                   anchor_prompts=full.anchor_prompts[:6], forget_concept=full.forget_concept,
+                   neighbour_concept=full.neighbour_concept, kind=full.kind, retain_concepts=full.retain_concepts[:12])
+    cache = tempfile.mkdtemp()
+    data = training_data(pipe, task, make_config("ovw", data_steps=10, data_seeds=1), cache_dir=cache, progress=False)
+    rows, ratios = [], {}
+    for m in METHODS:
+        overrides = dict(steps=steps, batch_size=batch, data_steps=10, data_seeds=1, params="full")
+        uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, **{**overrides, "steps": 1})  # warm-up, caches
+        t = time.time()
+        uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, **overrides)
+        kit = steps / (time.time() - t)  # includes the kit's one-off work (embeddings, masks, Fisher) per call
+        naive = naive_steps(pipe, task, m, steps, batch, data)
+        ratios[m] = kit / naive
+        rows.append(f"| {m} | {kit:.2f} | {naive:.2f} | {ratios[m]:.2f} |")
+    # evaluation with and without the base-image cache
+    seeds = [0] if args.quick else [0, 1]
+    second = uk.unlearn(pipe, task, "esd-x", steps=2, cache_dir=cache, progress=False, data_steps=10, data_seeds=1).pipeline
+    lp = uk.metrics.LPIPSDistance()
+    kw = dict(seeds=seeds, steps=10, fid=False, lpips=lp)
+    ecache = tempfile.mkdtemp()
+    first = uk.unlearn(pipe, task, "ga", steps=2, cache_dir=cache, progress=False, data_steps=10, data_seeds=1).pipeline
+    uk.evaluate(pipe, first, task, cache_dir=ecache, **kw)  # fills the base-image cache
+    t = time.time()
+    uk.evaluate(pipe, second, task, cache_dir=ecache, **kw)
+    with_cache = time.time() - t
+    t = time.time()
+    uk.evaluate(pipe, second, task, cache_dir=False, **kw)
+    without = time.time() - t
+    # sampling speed
+    prompts = task.retain_prompts[:8]
+    t = time.time()
+    uk.sample(pipe, prompts, [0, 1], steps=20, guidance_scale=2.0)
+    ips = 2 * len(prompts) / (time.time() - t)
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| method | kit steps/s | naive steps/s | ratio |\n|---|---|---|---|\n" + "\n".join(rows))
+    print(f"evaluation: {with_cache:.1f}s with the base-image cache, {without:.1f}s without")
+    print(f"sampling: {ips:.2f} images/s (20 DDIM steps, guidance 2); peak memory {peak:.0f} MiB")
+    print(json.dumps({"step_speedup_min": round(min(ratios.values()), 3), "step_speedup": {k: round(v, 3) for k, v in ratios.items()},
+                      "eval_cache_ratio": round(with_cache / without, 3), "sampling_images_per_s": round(ips, 3),
+                      "peak_memory_mib": round(peak), "model": args.model, "quick": args.quick}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

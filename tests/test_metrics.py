@@ -1,0 +1,112 @@
+import time
+
+import pytest
+import torch
+
+import unlearnkit as uk
+from unlearnkit import world
+from unlearnkit.data import cached_sample_pairs, pipeline_fingerprint
+from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, results_table
+
+FAST = dict(seeds=[0], steps=2, fid=False)
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    return LPIPSDistance()
+
+
+def test_lpips_is_zero_on_identical_images_and_grows_with_change(lpips):
+    a = world.render_batch([world.prompt("circle", "red", "plain")] * 2, [0, 1])
+    assert lpips(a, a).abs().max().item() < 1e-6
+    small = lpips(a, (a + 0.02 * torch.randn_like(a)).clamp(0, 1)).mean()
+    big = lpips(a, world.render_batch([world.prompt("star", "blue", "dotted")] * 2, [0, 1])).mean()
+    assert 0 < small < big
+    assert lpips.name.startswith("stlpips") and "64px" in lpips.name
+
+
+def test_lpips_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="unknown lpips_net 'vgg'"):
+        LPIPSDistance("vgg")
+    with pytest.raises(ValueError, match="lpips_size"):
+        LPIPSDistance(size=16)
+
+
+def test_identical_models_give_exactly_zero(tiny_pipe, object_task, lpips):
+    r = uk.evaluate(tiny_pipe, tiny_pipe, object_task, lpips=lpips, **FAST)
+    assert r["lpips_ret"] == 0.0 and r["integrity"] == 1.0 and r["lpips_forget"] == 0.0
+    assert r["lpips_ret_ci"] == (0.0, 0.0)
+    assert r["lpips_net"] == lpips.name
+    assert list(r["per_concept"])[0] == object_task.neighbour_concept
+
+
+def test_a_copy_of_the_model_also_gives_zero(tiny_pipe, object_task, lpips):
+    # not the same object: the metric must come from the images, not from an identity shortcut
+    from unlearnkit.models import build_pipeline
+
+    twin = build_pipeline("tiny", seed=0)
+    r = uk.evaluate(tiny_pipe, twin, object_task, lpips=lpips, **FAST)
+    assert r["lpips_ret"] == 0.0 and r["integrity"] == 1.0
+
+
+def test_a_changed_model_gives_positive_lpips(tiny_pipe, object_task, lpips):
+    from unlearnkit.models import build_pipeline
+
+    other = build_pipeline("tiny", seed=1)
+    r = uk.evaluate(tiny_pipe, other, object_task, lpips=lpips, **FAST)
+    assert r["lpips_ret"] > 0.01 and r["integrity"] == pytest.approx(1 - r["lpips_ret"])
+    lo, hi = r["lpips_ret_ci"]
+    assert lo <= r["lpips_ret"] <= hi
+
+
+def test_no_seeds_is_a_value_error(tiny_pipe, object_task):
+    with pytest.raises(ValueError, match="seeds is empty"):
+        uk.evaluate(tiny_pipe, tiny_pipe, object_task, seeds=[])
+
+
+def test_base_image_cache_key_and_invalidation(tiny_pipe, tmp_path):
+    prompts, seeds = [world.prompt("circle", "red", "plain")], [0]
+    a = cached_sample_pairs(tiny_pipe, prompts, seeds, 2, 2.0, tmp_path)
+    files = lambda: sorted((tmp_path / "samples").iterdir())  # noqa: E731
+    assert len(files()) == 1
+    b = cached_sample_pairs(tiny_pipe, prompts, seeds, 2, 2.0, tmp_path)
+    assert torch.equal(a, b) and len(files()) == 1  # reused
+    # every part of the key makes a new entry: steps, guidance, seeds, prompts, weights
+    cached_sample_pairs(tiny_pipe, prompts, seeds, 3, 2.0, tmp_path)
+    cached_sample_pairs(tiny_pipe, prompts, seeds, 2, 3.0, tmp_path)
+    cached_sample_pairs(tiny_pipe, prompts, [1], 2, 2.0, tmp_path)
+    cached_sample_pairs(tiny_pipe, [world.prompt("star", "red", "plain")], seeds, 2, 2.0, tmp_path)
+    assert len(files()) == 5
+    fp = pipeline_fingerprint(tiny_pipe)
+    with torch.no_grad():
+        next(tiny_pipe.unet.parameters()).add_(1e-3)
+    assert pipeline_fingerprint(tiny_pipe) != fp
+    c = cached_sample_pairs(tiny_pipe, prompts, seeds, 2, 2.0, tmp_path)
+    assert len(files()) == 6 and not torch.equal(a, c)
+
+
+def test_second_evaluation_reuses_the_base_images(tiny_pipe, object_task, lpips, tmp_path):
+    from unlearnkit.models import build_pipeline
+
+    kw = dict(seeds=[0, 1], steps=4, fid=False, lpips=lpips, cache_dir=tmp_path)
+    t = time.time()
+    uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=1), object_task, **kw)
+    first = time.time() - t
+    t = time.time()
+    uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=2), object_task, **kw)
+    second = time.time() - t
+    assert second < 0.8 * first
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    v = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+    lo, hi = bootstrap_ci(v)
+    assert lo < v.mean().item() < hi and lo >= 0.1 and hi <= 0.5
+
+
+def test_results_table_writes_markdown_and_csv(tmp_path):
+    r = {"lpips_ret": 0.1, "integrity": 0.9, "lpips_ret_ci": (0.05, 0.15), "forget_rate": 0.1, "lpips_net": "x"}
+    md = results_table({"OVW": r, "ESD": {**r, "lpips_ret": 0.3}}, path=tmp_path / "t")
+    assert "| OVW |" in md and "0.100 [0.050, 0.150]" in md and "LPIPS network: x" in md
+    csv = (tmp_path / "t.csv").read_text().splitlines()
+    assert csv[0].startswith("method,") and csv[2].startswith("ESD,") and len(csv) == 3

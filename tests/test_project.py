@@ -1,0 +1,74 @@
+"""The project's own contracts: packaging agrees with the conda env, CI runs the README's command,
+notebooks are committed clean and hold no library logic, the CLI lists its subcommands."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    text = (ROOT / "environment.yml").read_text()
+    pip_section = text.split("- pip:", 1)[1]
+    listed = {_norm(line.strip()[2:]) for line in pip_section.splitlines()
+              if line.strip().startswith("- ") and not line.strip().startswith("- -e")}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
+    assert m, "README.md must show the test command in a code block after <!-- test-command -->"
+    command = m.group(1).strip()
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci, f"{command!r} is not a line of .ci/run"
+
+
+def test_cli_help_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "unlearnkit", "--help"], capture_output=True, text=True, check=True)
+    for sub in ("train-base", "sample", "unlearn", "evaluate", "reproduce"):
+        assert sub in out.stdout
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "unlearnkit", "unlearn", "--method", "nope", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown method 'nope'" in out.stderr
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_numbered_notebooks():
+    assert len(NOTEBOOKS) >= 10 and all(re.match(r"\d\d_", p.name) for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_clean_and_holds_no_library_logic(path):
+    book = json.loads(path.read_text())
+    code = [c for c in book["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip the outputs"
+    sources = ["".join(c["source"]) for c in code]
+    assert "import unlearnkit" in sources[0], "the first code cell imports unlearnkit"
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "one papermill parameters cell"
+    for line in "".join(params[0]["source"]).splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert re.match(r"^\w+ = (\"[^\"]*\"|'[^']*'|-?[\d.e-]+|\[[^\]]*\]|True|False|None)$", line), \
+                f"parameters hold literals only: {line!r}"
+    for s in sources:
+        assert not re.search(r"^\s*(def|class)\s", s, re.M), f"library logic in a notebook cell: {s[:60]!r}"

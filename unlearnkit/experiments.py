@@ -1,0 +1,161 @@
+"""Profiles and cached runs: what the notebooks share so that `reproduce` trains each method once.
+
+A profile fixes the sizes of an experiment: `smoke` (seconds, for tests), `cpu` (the embedded
+reproduction on 2 CPU cores, the default) and `gpu`. `run_method` stores each unlearned UNet under
+a key of (base fingerprint, task, method, config) and loads it back on the next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .data import default_cache_dir, pipeline_fingerprint
+from .io import atomic_write
+from .methods import canonical, make_config
+from .tasks import Task, get_task
+from .train import UnlearnResult, unlearn
+
+# the methods of the paper's figures and table, in column order, with their display names
+FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddle", "ovw": "OVW",
+                  "ovw-nohelp": "OVW w/o L_help"}
+
+
+@dataclass
+class Profile:
+    name: str
+    method_overrides: dict = field(default_factory=dict)  # applied to every method's config
+    eval_seeds: tuple = (0, 1)  # seeds of the retention metric
+    max_retain: int | None = 40  # retain prompts evaluated (neighbour concept first)
+    max_forget: int | None = None  # forget prompts kept in the task (None: all)
+    sample_steps: int = 20  # DDIM steps when evaluating
+    guidance_scale: float = 2.0
+    figure_seeds: tuple = (0, 1)  # one figure row per (concept, seed)
+
+    def task(self, name: str) -> Task:
+        """The built-in task `name`, trimmed to this profile's sizes."""
+        t = get_task(name)
+        if self.max_forget is None:
+            return t
+        n, r = self.max_forget, max(self.max_retain or 4, 4)
+        return Task(name=t.name, forget_prompts=t.forget_prompts[:n], retain_prompts=t.retain_prompts[:r],
+                    anchor_prompts=t.anchor_prompts[:n], forget_concept=t.forget_concept,
+                    neighbour_concept=t.neighbour_concept, kind=t.kind, retain_concepts=t.retain_concepts[:r])
+
+    @property
+    def sampler(self) -> dict:
+        return {"steps": self.sample_steps, "guidance_scale": self.guidance_scale}
+
+
+PROFILES = {
+    "smoke": Profile("smoke", method_overrides=dict(steps=2, batch_size=2, data_steps=2, data_seeds=1),
+                     eval_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,)),
+    "cpu": Profile("cpu"),
+    "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2)),
+}
+
+
+def profile(name: str) -> Profile:
+    """The named profile: 'smoke', 'cpu' (default reproduction) or 'gpu'."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
+               **overrides) -> UnlearnResult:
+    """`unlearn` with the profile's settings, cached on disk: a second call with the same arguments loads the UNet."""
+    prof = profile(prof) if isinstance(prof, str) else prof
+    name = canonical(method)
+    settings = {**prof.method_overrides, **overrides}
+    cfg = make_config(name, **settings)
+    key = hashlib.sha1(json.dumps([pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)], default=str)
+                       .encode()).hexdigest()[:20]
+    folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "runs" / f"{task.name}-{name}-{key}"
+    weights, meta = folder / "unet.safetensors", folder / "run.json"
+    if weights.exists() and meta.exists():
+        import copy
+
+        unet = copy.deepcopy(pipe.unet)
+        unet.load_state_dict(load_file(str(weights)), strict=True)
+        unet.to(next(pipe.unet.parameters()).device).eval().requires_grad_(False)
+        info = json.loads(meta.read_text())
+        unlearned = type(pipe)(**{**pipe.components, "unet": unet})
+        return UnlearnResult(pipeline=unlearned, history=info["history"], method=name, config=cfg,
+                             seconds=info["seconds"])
+    result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, **settings)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, tmp))
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
+        {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history})))
+    return result
+
+
+
+def figure_path(prof: Profile | str, figures_dir: str | Path, filename: str) -> Path:
+    """Where a notebook saves a figure: `figures_dir/filename`, or a scratch folder under the smoke profile
+    (so that tests never overwrite the committed figures)."""
+    prof = profile(prof) if isinstance(prof, str) else prof
+    folder = Path(figures_dir) if prof.name != "smoke" else default_cache_dir() / "smoke-figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / filename
+
+
+def figure_rows(task: Task, seeds, n_prompts: int = 2) -> tuple[list[str], list[int], list[str]]:
+    """Rows of Figures 1/2: a forget prompt, then the same prompt with the neighbour concept, for each seed.
+
+    Returns aligned (prompts, seeds, labels).
+    """
+    from . import world
+
+    prompts, out_seeds, labels = [], [], []
+    picked = [p for p in task.forget_prompts
+              if task.neighbour_concept and task.kind in world.KINDS][:n_prompts] or task.forget_prompts[:n_prompts]
+    for k, p in enumerate(picked):
+        s = int(seeds[k % len(seeds)])
+        pair = [p]
+        if task.neighbour_concept and task.kind in world.KINDS:
+            pair.append(world.prompt(**{**world.parse(p), task.kind: task.neighbour_concept}))
+        elif task.neighbour_prompts:
+            pair.append(task.neighbour_prompts[k % len(task.neighbour_prompts)])
+        for q in pair:
+            prompts.append(q)
+            out_seeds.append(s)
+            labels.append(f"{q}\nseed {s}")
+    return prompts, out_seeds, labels
+
+
+def compare_methods(base, task: Task, methods=tuple(FIGURE_METHODS), prof: Profile | str = "cpu", lpips=None,
+                    cache_dir=None, progress=True) -> tuple[dict, dict]:
+    """Unlearn `task` with each method (cached) and evaluate each against `base`.
+
+    Returns (pipelines, results): {display name: pipeline} with 'base' first, and {display name: evaluate dict}.
+    """
+    from .metrics import LPIPSDistance, evaluate
+
+    prof = profile(prof) if isinstance(prof, str) else prof
+    lpips = lpips or LPIPSDistance()
+    pipes, results = {"base": base}, {}
+    results["base"] = evaluate(base, base, task, seeds=prof.eval_seeds, max_retain=prof.max_retain, lpips=lpips,
+                               cache_dir=cache_dir, progress=progress, **prof.sampler)
+    for m in methods:
+        label = FIGURE_METHODS.get(canonical(m), m)
+        run = run_method(base, task, m, prof, cache_dir=cache_dir, progress=progress)
+        pipes[label] = run.pipeline
+        results[label] = evaluate(base, run.pipeline, task, seeds=prof.eval_seeds, max_retain=prof.max_retain,
+                                  lpips=lpips, cache_dir=cache_dir, progress=progress, **prof.sampler)
+        results[label]["train_seconds"] = run.seconds
+    return pipes, results
+
+
+def figure_columns(pipes: dict, prompts, seeds, prof: Profile | str = "cpu", cache_dir=None) -> dict:
+    """{name: images [R,3,H,W]} for each pipeline on aligned (prompts, seeds), through the sample cache."""
+    from .data import cached_sample_pairs
+
+    prof = profile(prof) if isinstance(prof, str) else prof
+    return {n: cached_sample_pairs(p, prompts, seeds, prof.sample_steps, prof.guidance_scale, cache_dir)
+            for n, p in pipes.items()}

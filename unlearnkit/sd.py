@@ -1,0 +1,81 @@
+"""Stable Diffusion specifics: unlearned UNets saved alone (with the base id recorded), and a tiny random SD.
+
+The training loop, the sampler and the metric treat Stable Diffusion like the embedded model; only
+the VAE (latent space) differs, and `models.encode_images` / `decode_latents` handle it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+MARKER = "unlearnkit_unet.json"
+
+
+def save_unlearned_unet(pipe, folder: str | Path, base: str) -> Path:
+    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to."""
+    folder = Path(folder)
+    pipe.unet.save_pretrained(folder / "unet")
+    (folder / MARKER).write_text(json.dumps({"base": str(base)}))
+    return folder
+
+
+def load_unlearned_unet(folder: str | Path, device=None, dtype=None):
+    """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place."""
+    from diffusers import UNet2DConditionModel
+
+    from .models import load_pipeline
+
+    folder = Path(folder)
+    try:
+        base = json.loads((folder / MARKER).read_text())["base"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{folder / MARKER} is corrupt ({e}); re-save the unlearned model") from e
+    pipe = load_pipeline(base, device=device, dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype or torch.float32)
+    arch = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    if arch(unet.config) != arch(pipe.unet.config):
+        raise ValueError(f"the UNet in {folder} does not fit the base {base!r} (another architecture); "
+                         "pass the base it was unlearned from")
+    pipe.unet = unet.to(pipe.device)
+    return pipe
+
+
+def build_tiny_sd(prompts: list[str], seed: int = 0, image_size: int = 32):
+    """A tiny, randomly initialised StableDiffusionPipeline (VAE + UNet in latent space + CLIP text encoder).
+
+    Its tokenizer is word-level over the words of `prompts` (no download needed); everything else is the
+    standard diffusers / transformers classes, so it saves and loads like a real SD checkpoint.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    words = sorted({w for p in prompts for w in pre_tokenizers.Whitespace().pre_tokenize_str(p) for w in [w[0]]})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                        bos_token="[BOS]", eos_token="[EOS]", model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2,
+                                                max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                                                eos_token_id=3))
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8,
+                        sample_size=image_size)
+    unet = UNet2DConditionModel(sample_size=image_size // 4, in_channels=4, out_channels=4,
+                                block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
