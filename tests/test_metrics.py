@@ -41,7 +41,7 @@ def test_identical_models_give_exactly_zero(tiny_pipe, object_task, lpips):
 
 
 def test_a_copy_of_the_model_also_gives_zero(tiny_pipe, object_task, lpips):
-    # not the same object: the metric must come from the images, not from an identity shortcut
+    # another object with the same weights: same fingerprint, same cached images, exactly zero
     from unlearnkit.models import build_pipeline
 
     twin = build_pipeline("tiny", seed=0)

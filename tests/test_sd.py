@@ -80,3 +80,39 @@ def test_cli_round_trip_unlearn_save_evaluate(sd_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["lpips_ret"] > 0 and r["lpips_net"].startswith("stlpips")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(sd_dir, tmp_path_factory):
+    # a tiny random CLIP built here, sharing the tiny SD's word-level tokenizer (no download)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = uk.load_pipeline(sd_dir, device="cpu").tokenizer
+    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def test_clip_zero_shot_forget_rate_accuracy_and_clipscore(sd_dir, sd_task, tiny_clip_dir):
+    from unlearnkit.metrics import clip_zero_shot, load_clip
+
+    pipe = uk.load_pipeline(sd_dir, device="cpu")
+    r = uk.evaluate(pipe, pipe, sd_task, seeds=[0, 1], steps=2, clip=str(tiny_clip_dir))
+    for k in ("forget_rate", "retain_accuracy", "base_forget_rate", "base_retain_accuracy"):
+        assert 0.0 <= r[k] <= 1.0
+    assert r["forget_rate"] == r["base_forget_rate"]  # identical models, identical judgements
+    assert r["clip_score"] >= 0
+    labels = ["cat", "frog", "dog"]
+    pred = clip_zero_shot(load_clip(tiny_clip_dir), torch.rand(3, 3, 32, 32), labels)
+    assert len(pred) == 3 and set(pred) <= set(labels)
+    with pytest.raises(ValueError, match="could not load a CLIP model"):
+        load_clip(sd_dir / "unet")

@@ -106,6 +106,54 @@ def classifier_fid(classifier, real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(fid.compute())
 
 
+def load_clip(path_or_id, device: str = "cpu"):
+    """(CLIPModel, CLIPProcessor) from a local folder or a cached hub id, for zero-shot judging and CLIPScore."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model, processor = CLIPModel.from_pretrained(str(path_or_id)), CLIPProcessor.from_pretrained(str(path_or_id))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load a CLIP model from {str(path_or_id)!r} ({e}); pass a folder saved with "
+                         "CLIPModel/CLIPProcessor.save_pretrained or a hub id in the local cache") from e
+    return model.eval().to(device), processor
+
+
+@torch.no_grad()
+def clip_zero_shot(clip, images: torch.Tensor, labels: list[str]) -> list[str]:
+    """The label (of `labels`) whose text embedding is closest to each image's: CLIP zero-shot classification."""
+    model, processor = clip
+    device = next(model.parameters()).device
+    inputs = processor(text=list(labels), images=[(x * 255).round().byte() for x in images], return_tensors="pt",
+                       padding=True)
+    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits_per_image
+    return [labels[i] for i in logits.argmax(1).tolist()]
+
+
+class _TensorFeatures(torch.nn.Module):
+    # transformers >= 5 returns an output object from get_*_features; torchmetrics' CLIPScore expects tensors
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def get_image_features(self, *args, **kwargs):
+        out = self.model.get_image_features(*args, **kwargs)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    def get_text_features(self, *args, **kwargs):
+        out = self.model.get_text_features(*args, **kwargs)
+        return out if torch.is_tensor(out) else out.pooler_output
+
+
+def clip_score(clip, images: torch.Tensor, prompts: list[str]) -> float:
+    """torchmetrics CLIPScore (100 × cosine similarity, floored at 0) of images [N,3,H,W] in [0,1] and prompts."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    model, processor = clip
+    metric = CLIPScore(model_name_or_path=lambda: (_TensorFeatures(model), processor))
+    return float(metric((images * 255).round().to(torch.uint8), list(prompts)))
+
+
 def _pairs(prompts, seeds):
     pairs = [(p, int(s)) for p in prompts for s in seeds]
     return [p for p, _ in pairs], [s for _, s in pairs]
@@ -114,13 +162,15 @@ def _pairs(prompts, seeds):
 def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
-             lpips: LPIPSDistance | None = None, progress: bool | None = None) -> dict:
+             lpips: LPIPSDistance | None = None, clip=None, progress: bool | None = None) -> dict:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
 
     Returns a dict: lpips_ret, integrity (= 1 − lpips_ret), lpips_ret_ci (95% bootstrap over prompts × seeds),
     lpips_forget, per_concept (lpips_ret per retain concept, neighbour first), forget_rate, retain_accuracy,
     base_forget_rate, base_retain_accuracy, fid (on classifier features; see fid_features), lpips_net, n_retain,
     n_forget and seconds. `max_retain` evaluates the first N retain prompts (neighbour prompts come first).
+    Outside the embedded world, pass `clip` (a path / hub id, or a (model, processor) pair) for forget_rate and
+    retain_accuracy by CLIP zero-shot classification over the task's concepts, and clip_score (torchmetrics).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -169,6 +219,15 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
             real = world.render_batch(r_prompts, r_seeds, resolution=new_r.shape[-1])
             out["fid"] = classifier_fid(clf, real, new_r)
             out["fid_features"] = "concept classifier (128-d penultimate layer), not Inception"
+    elif clip is not None and task.forget_concept and task.retain_concepts:
+        clip = load_clip(clip) if isinstance(clip, (str, Path)) else clip
+        concept = dict(zip(task.retain_prompts, task.retain_concepts))
+        labels = [task.forget_concept, *dict.fromkeys(task.retain_concepts)]
+        for prefix, (f_img, r_img) in (("", (new_f, new_r)), ("base_", (base_f, base_r))):
+            pred_f, pred_r = clip_zero_shot(clip, f_img, labels), clip_zero_shot(clip, r_img, labels)
+            out[prefix + "forget_rate"] = sum(p == task.forget_concept for p in pred_f) / len(pred_f)
+            out[prefix + "retain_accuracy"] = sum(p == concept[q] for p, q in zip(pred_r, r_prompts)) / len(pred_r)
+        out["clip_score"] = clip_score(clip, new_r, r_prompts)
     out.update(n_retain=len(r_prompts), n_forget=len(f_prompts), seeds=seeds, steps=steps,
                guidance_scale=guidance_scale, seconds=time.time() - start)
     return out

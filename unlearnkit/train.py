@@ -31,7 +31,7 @@ class UnlearnResult:
     history: list[dict] = field(default_factory=list)  # one dict per step: loss terms and method state
     method: str = ""
     config: object = None
-    seconds: float = 0.0  # wall time of the training loop, data generation excluded
+    seconds: float = 0.0  # wall time of the training loop (data generation, masks and Fisher excluded)
 
 
 def select_params(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
@@ -76,7 +76,6 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
     """
     name = canonical(method)
     cfg = make_config(name, **overrides)
-    start = time.time()
     mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
     device = accelerator.device
@@ -184,6 +183,7 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
                      "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "mu": state.get("mu")},
                     ckpt_path)
 
+    start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name)
     n = cfg.batch_size
     while step < cfg.steps:
