@@ -41,13 +41,15 @@ def sample_key(fingerprint: str, prompts, seeds, steps: int, guidance_scale: flo
 
 
 def cached_sample_pairs(pipe, prompts, seeds, steps: int, guidance_scale: float, cache_dir=None,
-                        fingerprint: str | None = None, progress: bool | None = None) -> torch.Tensor:
+                        fingerprint: str | None = None, progress: bool | None = None, batch_size: int = 64
+                        ) -> torch.Tensor:
     """`sample_pairs` through the disk cache: [N,3,H,W] float32 in [0,1], bit-identical to a fresh sample.
 
     `cache_dir=False` turns the cache off. `fingerprint` skips re-hashing the weights when the caller has it.
     """
     if cache_dir is False:
-        return sample_pairs(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, progress=progress)
+        return sample_pairs(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, progress=progress,
+                            batch_size=batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = sample_key(fingerprint or pipeline_fingerprint(pipe), prompts, seeds, steps, guidance_scale)
     path = cache_dir / "samples" / f"{key}.pt"
@@ -56,7 +58,8 @@ def cached_sample_pairs(pipe, prompts, seeds, steps: int, guidance_scale: float,
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             path.unlink()  # a broken cache entry is regenerated, never trusted
-    images = sample_pairs(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, progress=progress)
+    images = sample_pairs(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, progress=progress,
+                          batch_size=batch_size)
     atomic_save(images, path)
     return images
 

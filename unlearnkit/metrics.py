@@ -162,7 +162,8 @@ def _pairs(prompts, seeds):
 def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
-             lpips: LPIPSDistance | None = None, clip=None, progress: bool | None = None) -> dict:
+             lpips: LPIPSDistance | None = None, clip=None, batch_size: int = 64,
+             progress: bool | None = None) -> dict:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
 
     Returns a dict: lpips_ret, integrity (= 1 − lpips_ret), lpips_ret_ci (95% bootstrap over prompts × seeds),
@@ -184,7 +185,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     same = pipeline_fingerprint(unlearned) == base_fp
 
     def images(pipe, fp, prompts, s):
-        return cached_sample_pairs(pipe, prompts, s, steps, guidance_scale, cache_dir, fp, progress)
+        return cached_sample_pairs(pipe, prompts, s, steps, guidance_scale, cache_dir, fp, progress, batch_size)
 
     base_r, base_f = images(base, base_fp, r_prompts, r_seeds), images(base, base_fp, f_prompts, f_seeds)
     if same:

@@ -60,9 +60,13 @@ def sample_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int 
     row = {p: i for i, p in enumerate(unique)}
     uncond = table[-1:]
     out = []
-    batches = range(0, len(prompts), batch_size)
-    show = progress if progress is not None else len(batches) * steps > 200
-    for start in tqdm(batches, disable=not show, desc="sample"):
+    batches = list(range(0, len(prompts), batch_size))
+    # under `accelerate launch`, each process samples every n-th batch; the batches are the single-process
+    # ones, so the gathered result is bit-identical to a one-process run
+    state = _state()
+    mine = batches[state.process_index::state.num_processes] if state else batches
+    show = progress if progress is not None else len(mine) * steps > 200
+    for start in tqdm(mine, disable=not show, desc="sample"):
         chunk = list(range(start, min(start + batch_size, len(prompts))))
         cond = table[[row[prompts[i]] for i in chunk]]
         latents = torch.stack([initial_noise(seeds[i], shape) for i in chunk]).to(device, dtype)
@@ -77,7 +81,23 @@ def sample_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int 
                 noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents).prev_sample
         out.append(decode_latents(pipe, latents).cpu())
+    if state:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(start, images) for start, images in zip(mine, out)])
+        out = [images for _, images in sorted(parts, key=lambda item: item[0])]
     return torch.cat(out)
+
+
+def _state():
+    """accelerate's process state when several processes run (accelerate launch / torchrun), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def sample(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int = DEFAULT_STEPS,
