@@ -29,7 +29,7 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
+    m = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n\s*```", readme, re.S)
     assert m, "README.md must show the test command in a code block after <!-- test-command -->"
     command = m.group(1).strip()
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]

@@ -113,8 +113,9 @@ def figure_rows(task: Task, seeds, n_prompts: int = 2) -> tuple[list[str], list[
     from . import world
 
     prompts, out_seeds, labels = [], [], []
-    picked = [p for p in task.forget_prompts
-              if task.neighbour_concept and task.kind in world.KINDS][:n_prompts] or task.forget_prompts[:n_prompts]
+    # spread over the forget list, so the rows show different colours / objects
+    step = max(1, len(task.forget_prompts) // n_prompts)
+    picked = task.forget_prompts[step // 2::step][:n_prompts]
     for k, p in enumerate(picked):
         s = int(seeds[k % len(seeds)])
         pair = [p]
