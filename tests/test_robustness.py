@@ -115,3 +115,21 @@ def test_gpu_check_code_path_runs_on_a_tiny_pipeline():
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["steps"] == 2 and r["seconds"] > 0 and r["flops_per_step"] > 0
+
+
+def test_reproduce_names_the_failing_notebook_and_cell(tmp_path):
+    import nbformat
+
+    from unlearnkit.reproduce import reproduce
+
+    book = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\nfigures_dir = "."')
+    params.metadata["tags"] = ["parameters"]
+    book.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom')")]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "nb").mkdir()
+    nbformat.write(book, tmp_path / "nb" / "00_broken.ipynb")
+    with pytest.raises(ValueError, match=r"notebook 00_broken.ipynb failed in cell \d+.*RuntimeError: boom"):
+        reproduce(profile="smoke", out_dir=tmp_path / "out", notebooks=tmp_path / "nb", figures_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        reproduce(profile="fast", notebooks=tmp_path / "nb")

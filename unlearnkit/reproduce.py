@@ -18,7 +18,8 @@ def notebooks_dir() -> Path:
 
 
 def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str | None = None,
-              figures_dir: str | Path | None = None, kernel: str = "python3") -> dict:
+              figures_dir: str | Path | None = None, kernel: str = "python3", notebooks: str | Path | None = None
+              ) -> dict:
     """Execute every notebook NN_*.ipynb with `profile`; returns {'profile', 'seconds', 'notebooks': {name: s}}.
 
     Executed copies go to `out_dir`; figures to `figures_dir` (default: the kit's figures/). A failing
@@ -30,7 +31,7 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
     from .experiments import profile as get_profile
 
     get_profile(profile)  # validates the name before anything runs
-    src = notebooks_dir()
+    src = Path(notebooks) if notebooks else notebooks_dir()
     books = sorted(p for p in src.glob("[0-9][0-9]_*.ipynb"))
     if only:
         prefixes = [s.strip() for s in only.split(",") if s.strip()]
