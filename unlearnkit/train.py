@@ -8,7 +8,6 @@ embeddings and the UNet-space images of the forget / retain / anchor data are co
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,10 +54,10 @@ def _relabel(prompt: str, task, rng: random.Random) -> str:
 
 
 class _Batches:
-    """Random mini-batches of (UNet-space image, text embedding) with noise and timesteps from one generator."""
+    """Random mini-batch indices into one data set, with noise and timesteps, all from one generator."""
 
-    def __init__(self, latents, embeds, gen):
-        self.latents, self.embeds, self.gen = latents, embeds, gen
+    def __init__(self, latents, gen):
+        self.latents, self.gen = latents, gen
 
     def draw(self, n, num_timesteps):
         idx = torch.randint(0, len(self.latents), (n,), generator=self.gen)
@@ -108,7 +107,7 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
         if name == "salun":
             e_rand = encode_prompts(pipe, [_relabel(p, task, rng) for p in f_prompts])
     gen = torch.Generator("cpu").manual_seed(cfg.seed + accelerator.process_index)
-    forget, retain = _Batches(x_f, e_f, gen), _Batches(x_r, e_r, gen)
+    forget, retain = _Batches(x_f, gen), _Batches(x_r, gen)
 
     # the model being unlearned: a copy of the base UNet; the base stays frozen for targets
     base_unet = pipe.unet.eval()
@@ -137,9 +136,9 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
     def forget_loss_base():
         # the base model's L_F on forget data, under a fixed generator (Saddle's τ is a multiple of it)
         g = torch.Generator("cpu").manual_seed(cfg.seed + 10_000)
-        vals = []
+        vals, batches = [], _Batches(x_f, g)
         for _ in range(8):
-            idx, noise, t = _Batches(x_f, e_f, g).draw(cfg.batch_size, num_timesteps)
+            idx, noise, t = batches.draw(cfg.batch_size, num_timesteps)
             noise, t = noise.to(device), t.to(device)
             vals.append(losses.simple_loss(base(add_noise(x_f[idx], noise, t), t, e_f[idx]), noise).item())
         return sum(vals) / len(vals)
