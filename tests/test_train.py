@@ -142,3 +142,33 @@ def test_saddle_logs_multiplier_and_forget_loss(tiny_pipe, object_task):
     h = uk.unlearn(tiny_pipe, object_task, "saddle", steps=3, batch_size=2, data_steps=2, progress=False).history
     assert all({"mu", "tau", "forget_loss", "help"} <= set(x) for x in h)
     assert all(x["mu"] >= 0 for x in h) and h[0]["tau"] > 0
+
+
+def test_regression_target_matches_diffusers_for_epsilon_and_v():
+    from diffusers import DDPMScheduler
+
+    from unlearnkit.train import regression_target
+
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    for kind in ("epsilon", "v_prediction"):
+        sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+        want = noise if kind == "epsilon" else sched.get_velocity(x0, noise, t)
+        got = regression_target(kind, sched.alphas_cumprod, x0, noise, t)
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="sample"):
+        regression_target("sample", sched.alphas_cumprod, x0, noise, t)
+
+
+def test_warm_start_is_exact_and_refuses_another_architecture(tmp_path):
+    from unlearnkit.basetrain import warm_start
+    from unlearnkit.models import build_pipeline
+
+    src = build_pipeline("tiny", seed=3)
+    src.save_pretrained(tmp_path / "src")
+    dst = build_pipeline("tiny", seed=4)
+    warm_start(dst, tmp_path / "src")
+    for (n, a), b in zip(src.unet.state_dict().items(), dst.unet.state_dict().values()):
+        assert torch.equal(a, b), n
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        warm_start(build_pipeline("base"), tmp_path / "src")

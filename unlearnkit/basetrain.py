@@ -39,6 +39,8 @@ class BaseTrainConfig:
     seed: int = 0
     checkpoint_every: int = 250  # steps between checkpoints
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    prediction_type: str = "v_prediction"  # what the UNet predicts: 'v_prediction' or 'epsilon'
+    init_from: str = ""  # warm start: a saved pipeline whose weights initialise this one ('' = from scratch)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -77,7 +79,10 @@ def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
 
-    pipe = build_pipeline(cfg.size, seed=cfg.seed).to(device)
+    pipe = build_pipeline(cfg.size, seed=cfg.seed, prediction_type=cfg.prediction_type)
+    if cfg.init_from and not ckpt_path.exists():
+        warm_start(pipe, cfg.init_from)
+    pipe.to(device)
     unet, text_encoder = pipe.unet, pipe.text_encoder
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
@@ -124,11 +129,12 @@ def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, 
                              return_tensors="pt").input_ids.to(device)
         encoder_hidden_states = text_encoder(ids)[0]
         model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-        loss = F.mse_loss(model_pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        loss = F.mse_loss(model_pred, target, reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma:
-            # min-SNR weighting for epsilon prediction: min(snr, gamma) / snr
+            # min-SNR weighting (Hang et al. 2023): min(snr, gamma) / snr for epsilon, min(snr, gamma) / (snr + 1) for v
             snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
-            loss = loss * torch.clamp(snr, max=cfg.snr_gamma) / snr
+            loss = loss * torch.clamp(snr, max=cfg.snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
         loss = loss.mean()
 
         # step the optimiser and the EMA
@@ -163,12 +169,36 @@ def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, 
             "loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "pipeline": str(export)}
 
 
+def warm_start(pipe, source: str | Path) -> None:
+    """Initialise `pipe` from the saved pipeline `source` (e.g. an earlier shipped base).
+
+    Every weight of `source` must fit; weights `source` lacks (a text-to-time embedding added since) must be
+    the `add_embedding` ones, and start switched off (its output norm's gain at 0) so the warm start is exact.
+    """
+    from .models import load_pipeline
+
+    src = load_pipeline(source, device="cpu")
+    fix = "start from scratch (init_from='') or from a pipeline of the same size"
+    try:
+        pipe.text_encoder.load_state_dict(src.text_encoder.state_dict(), strict=True)
+        missing, unexpected = pipe.unet.load_state_dict(src.unet.state_dict(), strict=False)
+    except RuntimeError as e:  # shapes differ
+        raise ValueError(f"cannot warm-start from {str(source)!r}: {str(e).splitlines()[1].strip()} ...; {fix}") from None
+    bad = [k for k in missing if not k.startswith("add_embedding.")]
+    if bad or unexpected:
+        raise ValueError(f"cannot warm-start from {str(source)!r}: weights missing {bad[:5]}, unexpected "
+                         f"{list(unexpected)[:5]}; {fix}")
+    if missing:
+        with torch.no_grad():
+            pipe.unet.add_embedding.norm2.weight.zero_()
+
+
 def export_pipeline(out_dir: str | Path) -> Path:
     """Save the EMA weights of the last checkpoint in `out_dir` as a pipeline in `out_dir/pipeline`."""
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(out_dir / "checkpoint.pt", expect="base-train")
     cfg = BaseTrainConfig(**ckpt["config"])
-    pipe = build_pipeline(cfg.size, seed=cfg.seed)
+    pipe = build_pipeline(cfg.size, seed=cfg.seed, prediction_type=cfg.prediction_type)
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
     with torch.no_grad():
         for p, e in zip(params, ckpt["ema"]):

@@ -12,11 +12,13 @@ from . import losses
 from .io import atomic_save
 
 
-def diagonal_fisher(unet, trainable, latents, embeds, add_noise, num_timesteps, cfg, fingerprint, cache_dir=None):
+def diagonal_fisher(unet, trainable, latents, embeds, add_noise, num_timesteps, cfg, fingerprint, cache_dir=None,
+                    target=None):
     """F_i = mean over `cfg.fisher_samples` replay examples of (∂L_simple/∂θ_i)², one example per backward pass.
 
     Heng & Soh 2023, eq. 5 (empirical Fisher of the diffusion loss). Returns a list aligned with `trainable`,
-    every entry >= 0. Cached under the base fingerprint, the parameter set, the sample count and the seed.
+    every entry >= 0.
+    `target(x0, noise, t)` is the regression target (default: the noise, for an epsilon model). Cached under the base fingerprint, the parameter set, the sample count and the seed.
     """
     from .data import default_cache_dir
 
@@ -34,7 +36,8 @@ def diagonal_fisher(unet, trainable, latents, embeds, add_noise, num_timesteps, 
         noise = torch.randn((1, *latents.shape[1:]), generator=gen).to(device)
         t = torch.randint(0, num_timesteps, (1,), generator=gen).to(device)
         pred = unet(add_noise(latents[i], noise, t), t, embeds[i]).sample
-        grads = torch.autograd.grad(losses.simple_loss(pred, noise), params)
+        y = target(latents[i], noise, t) if target is not None else noise
+        grads = torch.autograd.grad(losses.simple_loss(pred, y), params)
         for f, g in zip(fisher, grads):
             f += g.detach() ** 2 / cfg.fisher_samples
     if cache_dir is not False:

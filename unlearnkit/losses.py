@@ -5,6 +5,10 @@ their original papers. Saddle and OVW are *as formulated in unlearnkit*: the pap
 available, so they are our reading of its abstract and figure captions. Every constant is an
 argument (a config field upstream), never a literal here. `*_pred` are UNet outputs ε_θ, `base_*`
 are frozen-base outputs ε_θ0 computed under no_grad, `noise` is the ε that produced x_t.
+
+For a v-prediction model (our embedded base, SD 2.x) every ε above reads as the model's target:
+the loop passes v = √ᾱ_t ε − √(1−ᾱ_t) x_0 wherever an equation has ε, and the UNet's outputs are v's;
+the equations are linear in the outputs, so ESD's and OVW's targets carry over unchanged.
 """
 
 from __future__ import annotations

@@ -82,8 +82,12 @@ class UnlearnkitPipeline(DiffusionPipeline):
         return sample(self, prompts, seeds, steps=steps, guidance_scale=guidance_scale, **kwargs)
 
 
-def build_pipeline(size: str = "base", seed: int = 0) -> UnlearnkitPipeline:
-    """A randomly initialised embedded pipeline ('base': the shipped architecture, 'tiny': for tests)."""
+def build_pipeline(size: str = "base", seed: int = 0, prediction_type: str = "v_prediction") -> UnlearnkitPipeline:
+    """A randomly initialised embedded pipeline ('base': the shipped architecture, 'tiny': for tests).
+
+    The prompt reaches the UNet twice: through cross-attention at 16x16 and 8x8, and pooled into the time
+    embedding (`addition_embed_type="text"`), so global properties (colour, style) steer every ResNet block.
+    """
     if size not in UNET_CONFIGS:
         raise ValueError(f"unknown model size {size!r}; known sizes: {', '.join(UNET_CONFIGS)}")
     torch.manual_seed(seed)
@@ -103,11 +107,17 @@ def build_pipeline(size: str = "base", seed: int = 0) -> UnlearnkitPipeline:
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=text_cfg["hidden_size"],
         norm_num_groups=8 if size == "tiny" else 32,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=text_cfg["num_attention_heads"],
         **UNET_CONFIGS[size],
     )
-    # cosine schedule: a linear one wastes most steps on pure noise at 32x32 (Nichol & Dhariwal 2021)
+    # cosine schedule: a linear one wastes most steps on pure noise at 32x32 (Nichol & Dhariwal 2021). Its last
+    # step has SNR ~2e-9, where an epsilon model's x0 estimate divides by ~5e-5: v-prediction (Salimans & Ho 2022)
+    # stays well-posed there, and its loss weighs the noisy steps that decide shape and colour
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
         clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing",
     )
     return UnlearnkitPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

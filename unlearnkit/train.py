@@ -53,6 +53,18 @@ def _relabel(prompt: str, task, rng: random.Random) -> str:
     return rng.choice(task.retain_prompts)
 
 
+def regression_target(prediction_type: str, alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """What the UNet regresses at x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε: ε ('epsilon', SD 1.x) or
+    v = √ᾱ_t ε − √(1−ᾱ_t) x0 ('v_prediction', SD 2.x and the embedded base; Salimans & Ho 2022)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    raise ValueError(f"the model predicts {prediction_type!r}; unlearnkit trains 'epsilon' and 'v_prediction' models")
+
+
 class _Batches:
     """Random mini-batch indices into one data set, with noise and timesteps, all from one generator."""
 
@@ -88,6 +100,13 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
     def add_noise(x0, noise, t):
         a = alphas[t].view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"the model predicts {prediction_type!r}; unlearnkit trains 'epsilon' and 'v_prediction' models")
+
+    def diffusion_target(x0, noise, t):
+        return regression_target(prediction_type, alphas, x0, noise, t)
 
     # the data: base images -> UNet space, prompts -> embeddings, once
     fp = pipeline_fingerprint(pipe)
@@ -129,9 +148,10 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
             return unet(x, t, e).sample.float()
 
     def draw_noisy(batches, x0, n):
+        # (indices, the noise ε, timesteps, x_t, the regression target of x_t)
         idx, noise, t = batches.draw(n, num_timesteps)
         noise, t = noise.to(device), t.to(device)
-        return idx, noise, t, add_noise(x0[idx], noise, t)
+        return idx, noise, t, add_noise(x0[idx], noise, t), diffusion_target(x0[idx], noise, t)
 
     def forget_loss_base():
         # the base model's L_F on forget data, under a fixed generator (Saddle's τ is a multiple of it)
@@ -140,7 +160,8 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
         for _ in range(8):
             idx, noise, t = batches.draw(cfg.batch_size, num_timesteps)
             noise, t = noise.to(device), t.to(device)
-            vals.append(losses.simple_loss(base(add_noise(x_f[idx], noise, t), t, e_f[idx]), noise).item())
+            vals.append(losses.simple_loss(base(add_noise(x_f[idx], noise, t), t, e_f[idx]),
+                                           diffusion_target(x_f[idx], noise, t)).item())
         return sum(vals) / len(vals)
 
     # method state computed once: SalUn's mask, SA's Fisher, Saddle's τ
@@ -148,8 +169,8 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
     if name == "salun":
         grads = {n: torch.zeros_like(p) for n, p in trainable}
         for _ in range(cfg.mask_batches):
-            idx, noise, t, x_t = draw_noisy(forget, x_f, cfg.batch_size)
-            g = torch.autograd.grad(losses.simple_loss(model(x_t, t, e_f[idx]), noise), params)
+            idx, noise, t, x_t, y = draw_noisy(forget, x_f, cfg.batch_size)
+            g = torch.autograd.grad(losses.simple_loss(model(x_t, t, e_f[idx]), y), params)
             for (n, _), gi in zip(trainable, g):
                 grads[n] += gi.detach()
         mask = losses.saliency_mask(grads, cfg.mask_ratio)
@@ -157,7 +178,8 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
     if name == "sa":
         from .fisher import diagonal_fisher
 
-        state["fisher"] = diagonal_fisher(raw_unet, trainable, x_r, e_r, add_noise, num_timesteps, cfg, fp, cache_dir)
+        state["fisher"] = diagonal_fisher(raw_unet, trainable, x_r, e_r, add_noise, num_timesteps, cfg, fp, cache_dir,
+                                         target=diffusion_target)
         state["theta0"] = [p.detach().clone() for p in params]
     if name == "saddle":
         state["tau"] = cfg.tau_mult * forget_loss_base()
@@ -192,7 +214,7 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
                 # L_help: distillation to the base on retain data, conditional and unconditional in one pass
                 help_l = None
                 if cfg.help_weight:
-                    hidx, hnoise, ht, hx_t = draw_noisy(retain, x_r, n)
+                    hidx, _, ht, hx_t, _ = draw_noisy(retain, x_r, n)
                     x2, t2 = torch.cat([hx_t, hx_t]), torch.cat([ht, ht])
                     e2 = torch.cat([e_r[hidx], e_null.expand(n, -1, -1)])
                     pred_cond, pred_uncond = model(x2, t2, e2).chunk(2)
@@ -201,12 +223,12 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
                     log["help"] = help_l.item()
 
                 # the method's forgetting term
-                idx, noise, t, x_t = draw_noisy(forget, x_f, n)
+                idx, noise, t, x_t, y = draw_noisy(forget, x_f, n)
                 if name == "ga":
-                    loss = losses.ga_loss(model(x_t, t, e_f[idx]), noise)
+                    loss = losses.ga_loss(model(x_t, t, e_f[idx]), y)
                     if cfg.alpha:
-                        ridx, rnoise, rt, rx_t = draw_noisy(retain, x_r, n)
-                        loss = loss + cfg.alpha * losses.simple_loss(model(rx_t, rt, e_r[ridx]), rnoise)
+                        ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
+                        loss = loss + cfg.alpha * losses.simple_loss(model(rx_t, rt, e_r[ridx]), ry)
                 elif name in ("esd-x", "esd-u"):
                     if cfg.x_t == "sample":
                         from .sampling import partial_sample
@@ -220,19 +242,19 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
                 elif name == "salun":
                     with torch.no_grad(), accelerator.autocast():
                         random_target = unet(x_t, t, e_rand[idx]).sample.float()
-                    ridx, rnoise, rt, rx_t = draw_noisy(retain, x_r, n)
+                    ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
                     loss = losses.salun_loss(model(x_t, t, e_f[idx]), random_target,
-                                             model(rx_t, rt, e_r[ridx]), rnoise, cfg.alpha)
+                                             model(rx_t, rt, e_r[ridx]), ry, cfg.alpha)
                 elif name == "sa":
                     # surrogate: the anchor image x_a under the forget prompt c_f
                     s_t = add_noise(x_a[idx], noise, t)
-                    ridx, rnoise, rt, rx_t = draw_noisy(retain, x_r, n)
+                    ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
                     penalty = losses.ewc_penalty(params, state["theta0"], state["fisher"])
-                    loss = losses.sa_loss(model(s_t, t, e_f[idx]), noise, model(rx_t, rt, e_r[ridx]), rnoise,
+                    loss = losses.sa_loss(model(s_t, t, e_f[idx]), diffusion_target(x_a[idx], noise, t), model(rx_t, rt, e_r[ridx]), ry,
                                           penalty, cfg.gamma, cfg.lam)
                     log["ewc"] = penalty.item()
                 elif name == "saddle":
-                    forget_l = losses.simple_loss(model(x_t, t, e_f[idx]), noise)
+                    forget_l = losses.simple_loss(model(x_t, t, e_f[idx]), y)
                     help_term = help_l if help_l is not None else torch.zeros((), device=device)
                     loss = losses.saddle_lagrangian(help_term, forget_l, state["mu"], state["tau"], cfg.help_weight)
                     log["forget_loss"] = forget_l.item()
