@@ -52,7 +52,9 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
         x0 = encode_images(pipe, images[idx])
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (len(idx),), generator=g)
-        return sched.add_noise(x0, noise, t), noise, t
+        # the regression target: ε, or v for a v-prediction model (the embedded base, SD 2.x)
+        target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        return sched.add_noise(x0, noise, t), target, t
 
     def frozen(x, t, e):
         with torch.no_grad():
@@ -61,12 +63,12 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
     start = time.time()
     for _ in range(steps):
         idx = torch.randint(0, len(fp), (batch_size,), generator=g)
-        x_t, noise, t = noisy(fi, idx)
+        x_t, y, t = noisy(fi, idx)
         e_f = embed([fp[i] for i in idx])
         e_null = embed([""] * batch_size)
         pred = unet(x_t, t, e_f).sample
         if method == "ga":
-            loss = losses.ga_loss(pred, noise)
+            loss = losses.ga_loss(pred, y)
         elif method == "esd-x":
             loss = losses.regression_loss(pred, losses.esd_target(frozen(x_t, t, e_null), frozen(x_t, t, e_f), 1.0))
         elif method == "salun":
@@ -78,12 +80,12 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
         elif method == "sa":
             ridx = torch.randint(0, len(rp), (batch_size,), generator=g)
             rx, rn, rt = noisy(ri, ridx)
-            loss = losses.simple_loss(pred, noise) + losses.simple_loss(unet(rx, rt, embed([rp[i] for i in ridx])).sample, rn)
+            loss = losses.simple_loss(pred, y) + losses.simple_loss(unet(rx, rt, embed([rp[i] for i in ridx])).sample, rn)
         else:  # saddle and ovw: a help loss on retain data, each target its own call
             if method == "ovw":
                 loss = losses.regression_loss(pred, frozen(x_t, t, embed([ap[i] for i in idx])))
             else:
-                loss = -losses.simple_loss(pred, noise)
+                loss = -losses.simple_loss(pred, y)
             ridx = torch.randint(0, len(rp), (batch_size,), generator=g)
             rx, _, rt = noisy(ri, ridx)
             e_r = embed([rp[i] for i in ridx])

@@ -30,7 +30,7 @@ class UnlearnConfig:
     data_seeds: int = 2  # base-model images per forget / anchor prompt in the training data
     retain_seeds: int = 1  # base-model images per retain prompt in the training data
     data_steps: int = 20  # DDIM steps used to generate the training data
-    data_guidance: float = 3.0  # guidance scale used to generate the training data
+    data_guidance: float = 2.0  # guidance scale used to generate the training data
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "data_seeds", "retain_seeds", "data_steps"):

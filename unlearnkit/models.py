@@ -75,7 +75,7 @@ class UnlearnkitPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
     @torch.no_grad()
-    def __call__(self, prompts, seeds=(0,), steps: int = 20, guidance_scale: float = 3.0, **kwargs):
+    def __call__(self, prompts, seeds=(0,), steps: int = 20, guidance_scale: float = 2.0, **kwargs):
         """Images [N,3,H,W] in [0,1], one per (prompt, seed), prompt-major; see `unlearnkit.sample`."""
         from .sampling import sample
 
