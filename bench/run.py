@@ -35,7 +35,7 @@ METHODS = ("ga", "esd-x", "salun", "sa", "saddle", "ovw")
 
 def naive_steps(pipe, task, method, steps, batch_size, data):
     """A straightforward loop: no cached embeddings, one frozen-UNet call per target and per example."""
-    base, unet = pipe.unet, copy.deepcopy(pipe.unet).train()
+    base, unet = pipe.unet, copy.deepcopy(pipe.unet).train().requires_grad_(True)
     opt = torch.optim.Adam(unet.parameters(), lr=1e-5)
     sched = training_scheduler(pipe)
     fp, fi = data["forget"]
