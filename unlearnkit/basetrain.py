@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import world
 from .io import atomic_save, load_checkpoint
 from .models import build_pipeline, encode_images, training_scheduler
+from .train import regression_target
 
 TRAIN_SEEDS = 10_000_000  # training renders use seeds below this; evaluation renders use seeds above
 
@@ -129,7 +130,7 @@ def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, 
                              return_tensors="pt").input_ids.to(device)
         encoder_hidden_states = text_encoder(ids)[0]
         model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-        target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        target = regression_target(cfg.prediction_type, alphas_cumprod, latents, noise, timesteps)
         loss = F.mse_loss(model_pred, target, reduction="none").mean(dim=(1, 2, 3))
         if cfg.snr_gamma:
             # min-SNR weighting (Hang et al. 2023): min(snr, gamma) / snr for epsilon, min(snr, gamma) / (snr + 1) for v

@@ -17,8 +17,8 @@ def diagonal_fisher(unet, trainable, latents, embeds, add_noise, num_timesteps, 
     """F_i = mean over `cfg.fisher_samples` replay examples of (∂L_simple/∂θ_i)², one example per backward pass.
 
     Heng & Soh 2023, eq. 5 (empirical Fisher of the diffusion loss). Returns a list aligned with `trainable`,
-    every entry >= 0.
-    `target(x0, noise, t)` is the regression target (default: the noise, for an epsilon model). Cached under the base fingerprint, the parameter set, the sample count and the seed.
+    every entry >= 0. `target(x0, noise, t)` is the regression target (default: the noise, for an epsilon model).
+    Cached under the base fingerprint, the parameter set, the sample count and the seed.
     """
     from .data import default_cache_dir
 

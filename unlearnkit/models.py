@@ -82,6 +82,17 @@ class UnlearnkitPipeline(DiffusionPipeline):
         return sample(self, prompts, seeds, steps=steps, guidance_scale=guidance_scale, **kwargs)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet may predict: SD 1.x ε, SD 2.x and the embedded base v
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """`prediction_type` itself, or a ValueError naming it and the supported ones."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r} is not supported; unlearnkit trains and samples "
+                         f"{' and '.join(map(repr, PREDICTION_TYPES))} models")
+    return prediction_type
+
+
 def build_pipeline(size: str = "base", seed: int = 0, prediction_type: str = "v_prediction") -> UnlearnkitPipeline:
     """A randomly initialised embedded pipeline ('base': the shipped architecture, 'tiny': for tests).
 
@@ -114,8 +125,7 @@ def build_pipeline(size: str = "base", seed: int = 0, prediction_type: str = "v_
     # cosine schedule: a linear one wastes most steps on pure noise at 32x32 (Nichol & Dhariwal 2021). Its last
     # step has SNR ~2e-9, where an epsilon model's x0 estimate divides by ~5e-5: v-prediction (Salimans & Ho 2022)
     # stays well-posed there, and its loss weighs the noisy steps that decide shape and colour
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    check_prediction_type(prediction_type)
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
         clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing",

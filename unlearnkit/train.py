@@ -21,7 +21,7 @@ from . import losses, world
 from .data import pipeline_fingerprint, training_data
 from .io import atomic_save, load_checkpoint
 from .methods import canonical, make_config
-from .models import encode_images, encode_prompts, training_scheduler
+from .models import check_prediction_type, encode_images, encode_prompts, training_scheduler
 
 
 @dataclass
@@ -57,12 +57,10 @@ def regression_target(prediction_type: str, alphas_cumprod: torch.Tensor, x0: to
                       t: torch.Tensor) -> torch.Tensor:
     """What the UNet regresses at x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε: ε ('epsilon', SD 1.x) or
     v = √ᾱ_t ε − √(1−ᾱ_t) x0 ('v_prediction', SD 2.x and the embedded base; Salimans & Ho 2022)."""
-    if prediction_type == "epsilon":
+    if check_prediction_type(prediction_type) == "epsilon":
         return noise
-    if prediction_type == "v_prediction":
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
-    raise ValueError(f"the model predicts {prediction_type!r}; unlearnkit trains 'epsilon' and 'v_prediction' models")
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
 class _Batches:
@@ -101,9 +99,7 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
         a = alphas[t].view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"the model predicts {prediction_type!r}; unlearnkit trains 'epsilon' and 'v_prediction' models")
+    prediction_type = check_prediction_type(noise_scheduler.config.prediction_type)  # fail before the data is made
 
     def diffusion_target(x0, noise, t):
         return regression_target(prediction_type, alphas, x0, noise, t)
@@ -250,8 +246,8 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
                     s_t = add_noise(x_a[idx], noise, t)
                     ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
                     penalty = losses.ewc_penalty(params, state["theta0"], state["fisher"])
-                    loss = losses.sa_loss(model(s_t, t, e_f[idx]), diffusion_target(x_a[idx], noise, t), model(rx_t, rt, e_r[ridx]), ry,
-                                          penalty, cfg.gamma, cfg.lam)
+                    loss = losses.sa_loss(model(s_t, t, e_f[idx]), diffusion_target(x_a[idx], noise, t),
+                                          model(rx_t, rt, e_r[ridx]), ry, penalty, cfg.gamma, cfg.lam)
                     log["ewc"] = penalty.item()
                 elif name == "saddle":
                     forget_l = losses.simple_loss(model(x_t, t, e_f[idx]), y)
