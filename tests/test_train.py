@@ -172,3 +172,27 @@ def test_warm_start_is_exact_and_refuses_another_architecture(tmp_path):
         assert torch.equal(a, b), n
     with pytest.raises(ValueError, match="cannot warm-start"):
         warm_start(build_pipeline("base"), tmp_path / "src")
+
+
+def test_fused_passes_equal_separate_calls(tiny_pipe):
+    # the loop runs every UNet input of a step as one batch: each row's output must not depend on the others
+    from unlearnkit.models import encode_prompts
+    from unlearnkit.train import _Fused
+
+    unet = tiny_pipe.unet
+    g = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    parts = [(torch.randn(n, unet.config.in_channels, size, size, generator=g), torch.randint(0, 1000, (n,), generator=g),
+              encode_prompts(tiny_pipe, [p] * n)) for n, p in ((2, "a red circle"), (3, ""), (1, "a blue star"))]
+
+    def call(x, t, e):
+        with torch.no_grad():
+            return unet(x, t, e).sample
+
+    fused = _Fused(call)
+    ids = [fused.add(*p) for p in parts]
+    out = fused.run()
+    assert ids == [0, 1, 2] and [len(o) for o in out] == [2, 3, 1]
+    for i, p in zip(ids, parts):
+        torch.testing.assert_close(out[i], call(*p), atol=1e-5, rtol=1e-4)
+    assert _Fused(call).run() == []

@@ -76,6 +76,24 @@ class _Batches:
         return idx, noise, timesteps
 
 
+class _Fused:
+    """UNet inputs (x_t, t, embeddings) queued during a step and run as one batch; `add` returns the index
+    of that input's output in `run()`'s list."""
+
+    def __init__(self, fn):
+        self.fn, self.parts = fn, []
+
+    def add(self, x, t, e) -> int:
+        self.parts.append((x, t, e))
+        return len(self.parts) - 1
+
+    def run(self) -> list[torch.Tensor]:
+        if not self.parts:
+            return []
+        x, t, e = (torch.cat(z) for z in zip(*self.parts))
+        return list(self.fn(x, t, e).split([len(p[0]) for p in self.parts]))
+
+
 def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None, cache_dir=None,
             progress: bool = True, **overrides) -> UnlearnResult:
     """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
@@ -207,58 +225,73 @@ def unlearn(pipe, task, method: str = "esd-x", out_dir: str | Path | None = None
         for _ in range(cfg.grad_accum):
             with accelerator.accumulate(unet):
                 log = {}
-                # L_help: distillation to the base on retain data, conditional and unconditional in one pass
-                help_l = None
-                if cfg.help_weight:
+                # every UNet input of the step is queued, then run as one batched pass of the trained UNet and
+                # one of the frozen base (rows are independent: the same outputs as separate calls, fewer calls)
+                train_in, frozen_in = _Fused(model), _Fused(base)
+                if cfg.help_weight:  # L_help: distillation to the base on retain data, conditional and unconditional
                     hidx, _, ht, hx_t, _ = draw_noisy(retain, x_r, n)
-                    x2, t2 = torch.cat([hx_t, hx_t]), torch.cat([ht, ht])
-                    e2 = torch.cat([e_r[hidx], e_null.expand(n, -1, -1)])
-                    pred_cond, pred_uncond = model(x2, t2, e2).chunk(2)
-                    base_cond, base_uncond = base(x2, t2, e2).chunk(2)
-                    help_l = losses.help_loss(pred_cond, base_cond, pred_uncond, base_uncond, cfg.help_uncond_weight)
-                    log["help"] = help_l.item()
+                    help_in = [(hx_t, ht, e_r[hidx]), (hx_t, ht, e_null.expand(n, -1, -1))]
+                    help_pred = [train_in.add(*a) for a in help_in]
+                    help_base = [frozen_in.add(*a) for a in help_in]
 
                 # the method's forgetting term
                 idx, noise, t, x_t, y = draw_noisy(forget, x_f, n)
                 if name == "ga":
-                    loss = losses.ga_loss(model(x_t, t, e_f[idx]), y)
+                    f_pred = train_in.add(x_t, t, e_f[idx])
                     if cfg.alpha:
                         ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
-                        loss = loss + cfg.alpha * losses.simple_loss(model(rx_t, rt, e_r[ridx]), ry)
+                        r_pred = train_in.add(rx_t, rt, e_r[ridx])
                 elif name in ("esd-x", "esd-u"):
                     if cfg.x_t == "sample":
                         from .sampling import partial_sample
 
                         x_t, t = partial_sample(raw_unet, pipe, e_f[idx], e_null, noise, t)
-                    # the frozen base's conditional and unconditional predictions in one forward
-                    both = base(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([e_f[idx], e_null.expand(n, -1, -1)]))
-                    base_cond, base_uncond = both.chunk(2)
-                    target = losses.esd_target(base_uncond, base_cond, cfg.eta)
-                    loss = losses.regression_loss(model(x_t, t, e_f[idx]), target)
+                    f_pred = train_in.add(x_t, t, e_f[idx])
+                    b_cond, b_uncond = frozen_in.add(x_t, t, e_f[idx]), frozen_in.add(x_t, t, e_null.expand(n, -1, -1))
                 elif name == "salun":
                     with torch.no_grad(), accelerator.autocast():
                         random_target = unet(x_t, t, e_rand[idx]).sample.float()
                     ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
-                    loss = losses.salun_loss(model(x_t, t, e_f[idx]), random_target,
-                                             model(rx_t, rt, e_r[ridx]), ry, cfg.alpha)
+                    f_pred, r_pred = train_in.add(x_t, t, e_f[idx]), train_in.add(rx_t, rt, e_r[ridx])
                 elif name == "sa":
                     # surrogate: the anchor image x_a under the forget prompt c_f
-                    s_t = add_noise(x_a[idx], noise, t)
                     ridx, _, rt, rx_t, ry = draw_noisy(retain, x_r, n)
-                    penalty = losses.ewc_penalty(params, state["theta0"], state["fisher"])
-                    loss = losses.sa_loss(model(s_t, t, e_f[idx]), diffusion_target(x_a[idx], noise, t),
-                                          model(rx_t, rt, e_r[ridx]), ry, penalty, cfg.gamma, cfg.lam)
-                    log["ewc"] = penalty.item()
+                    f_pred = train_in.add(add_noise(x_a[idx], noise, t), t, e_f[idx])
+                    r_pred = train_in.add(rx_t, rt, e_r[ridx])
                 elif name == "saddle":
-                    forget_l = losses.simple_loss(model(x_t, t, e_f[idx]), y)
-                    help_term = help_l if help_l is not None else torch.zeros((), device=device)
-                    loss = losses.saddle_lagrangian(help_term, forget_l, state["mu"], state["tau"], cfg.help_weight)
-                    log["forget_loss"] = forget_l.item()
+                    f_pred = train_in.add(x_t, t, e_f[idx])
                 else:  # ovw, ovw-nohelp: overwrite with the base's prediction for the anchor prompt
                     if cfg.x_t == "anchor" or (cfg.x_t == "both" and step % 2):
                         x_t = add_noise(x_a[idx], noise, t)
-                    target = base(x_t, t, e_a[idx])
-                    loss = losses.regression_loss(model(x_t, t, e_f[idx]), target)
+                    f_pred, a_base = train_in.add(x_t, t, e_f[idx]), frozen_in.add(x_t, t, e_a[idx])
+                out, frozen = train_in.run(), frozen_in.run()
+
+                help_l = None
+                if cfg.help_weight:
+                    help_l = losses.help_loss(out[help_pred[0]], frozen[help_base[0]], out[help_pred[1]],
+                                              frozen[help_base[1]], cfg.help_uncond_weight)
+                    log["help"] = help_l.item()
+                if name == "ga":
+                    loss = losses.ga_loss(out[f_pred], y)
+                    if cfg.alpha:
+                        loss = loss + cfg.alpha * losses.simple_loss(out[r_pred], ry)
+                elif name in ("esd-x", "esd-u"):
+                    target = losses.esd_target(frozen[b_uncond], frozen[b_cond], cfg.eta)
+                    loss = losses.regression_loss(out[f_pred], target)
+                elif name == "salun":
+                    loss = losses.salun_loss(out[f_pred], random_target, out[r_pred], ry, cfg.alpha)
+                elif name == "sa":
+                    penalty = losses.ewc_penalty(params, state["theta0"], state["fisher"])
+                    loss = losses.sa_loss(out[f_pred], diffusion_target(x_a[idx], noise, t), out[r_pred], ry,
+                                          penalty, cfg.gamma, cfg.lam)
+                    log["ewc"] = penalty.item()
+                elif name == "saddle":
+                    forget_l = losses.simple_loss(out[f_pred], y)
+                    help_term = help_l if help_l is not None else torch.zeros((), device=device)
+                    loss = losses.saddle_lagrangian(help_term, forget_l, state["mu"], state["tau"], cfg.help_weight)
+                    log["forget_loss"] = forget_l.item()
+                else:
+                    loss = losses.regression_loss(out[f_pred], frozen[a_base])
                 if help_l is not None and name != "saddle":
                     loss = loss + cfg.help_weight * help_l
 

@@ -1,0 +1,79 @@
+"""The tuning sweep behind the methods' defaults: every method gets the same budget of three configs.
+
+    python bench/tune.py [--task style] [--cache runs/cache] [--out runs/tune-style.json]
+
+Each method runs its default and two values of its main knob (the learning rate; Saddle's τ multiple),
+on the cpu profile, and is evaluated against the base on the same prompts and seeds. The rule that picks a
+config, the same for every method: the lowest lpips_ret among the configs with forget_rate <= 0.2 (else
+the lowest forget rate). Results are written as JSON after every run (a rerun skips what is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import unlearnkit as uk
+from unlearnkit.experiments import profile, run_method
+from unlearnkit.metrics import LPIPSDistance
+
+GRID = {
+    "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
+    "salun": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
+    "sa": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
+    "saddle": [{}, {"tau_mult": 5.0}, {"tau_mult": 10.0}],
+    "ovw": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
+}
+
+
+def pick(rows: list[dict]) -> dict:
+    """The rule: lowest lpips_ret among configs that forget (forget_rate <= 0.2), else the lowest forget rate."""
+    ok = [r for r in rows if r["forget_rate"] <= 0.2]
+    return min(ok, key=lambda r: r["lpips_ret"]) if ok else min(rows, key=lambda r: (r["forget_rate"], r["lpips_ret"]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="style")
+    ap.add_argument("--cache", default=None, help="the cache folder of runs and samples (default: unlearnkit's)")
+    ap.add_argument("--out", default=None, help="JSON results (default runs/tune-<task>.json)")
+    ap.add_argument("--methods", default=",".join(GRID))
+    args = ap.parse_args(argv)
+    out = Path(args.out or f"runs/tune-{args.task}.json")
+    rows = json.loads(out.read_text()) if out.exists() else []
+    P = profile("cpu")
+    base = uk.load_base(device="cpu")
+    task, lpips = P.task(args.task), LPIPSDistance()
+    for m in args.methods.split(","):
+        for cfg in GRID[m]:
+            if any(r["method"] == m and r["overrides"] == cfg for r in rows):
+                continue
+            t = time.time()
+            run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, **cfg)
+            r = uk.evaluate(base, run.pipeline, task, seeds=P.eval_seeds, max_retain=P.max_retain, lpips=lpips,
+                            cache_dir=args.cache, progress=False, **P.sampler)
+            rows.append({"method": m, "overrides": cfg, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
+                         "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
+                         "train_seconds": run.seconds, "seconds": time.time() - t})
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows, indent=1))
+            os.replace(tmp, out)
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
+    for m in GRID:
+        mine = [r for r in rows if r["method"] == m]
+        if not mine:
+            continue
+        best = pick(mine)
+        for r in mine:
+            lo, hi = r["lpips_ret_ci"]
+            print(f"| {m} | {r['overrides'] or 'default'} | {r['forget_rate']:.2f} | {r['lpips_ret']:.3f} [{lo:.3f}, {hi:.3f}] "
+                  f"| {r['retain_accuracy']:.3f} | {'**yes**' if r is best else ''} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
