@@ -53,7 +53,7 @@ def main(argv=None):
             if any(r["method"] == m and r["overrides"] == cfg for r in rows):
                 continue
             t = time.time()
-            run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, **cfg)
+            run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, use_tuned=False, **cfg)
             r = uk.evaluate(base, run.pipeline, task, seeds=P.eval_seeds, max_retain=P.max_retain, lpips=lpips,
                             cache_dir=args.cache, progress=False, **P.sampler)
             rows.append({"method": m, "overrides": cfg, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],

@@ -196,3 +196,20 @@ def test_fused_passes_equal_separate_calls(tiny_pipe):
     for i, p in zip(ids, parts):
         torch.testing.assert_close(out[i], call(*p), atol=1e-5, rtol=1e-4)
     assert _Fused(call).run() == []
+
+
+def test_run_method_applies_the_tasks_tuned_config_and_table_extras(tiny_pipe, object_task, tmp_path, monkeypatch):
+    from unlearnkit import experiments
+
+    monkeypatch.setitem(experiments.TUNED, object_task.name, {"ovw": {"lr": 3e-4}})
+    P = experiments.profile("smoke")
+    assert experiments.tuned(object_task.name, "ovw-nohelp") == {"lr": 3e-4}  # the ablation keeps OVW's pick
+    assert experiments.run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False).config.lr == 3e-4
+    run = experiments.run_method(tiny_pipe, object_task, "ovw-nohelp", P, cache_dir=tmp_path, progress=False)
+    assert (run.config.lr, run.config.help_weight) == (3e-4, 0.0)
+    default = experiments.run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False, use_tuned=False)
+    assert default.config.lr == make_config("ovw").lr
+    pipes, results = experiments.compare_methods(tiny_pipe, object_task, methods=("esd-x",), prof=P, cache_dir=tmp_path,
+                                                 progress=False, extras={"ESD + L_help": ("esd-x", {"help_weight": 1.0})})
+    assert list(results) == ["base", "ESD", "ESD + L_help"] and list(pipes) == ["base", "ESD", "ESD + L_help"]
+    assert results["ESD + L_help"]["lpips_ret"] >= 0

@@ -23,6 +23,20 @@ from .train import UnlearnResult, unlearn
 # the methods of the paper's figures and table, in column order, with their display names
 FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddle", "ovw": "OVW",
                   "ovw-nohelp": "OVW w/o L_help"}
+# Table 1's extra rows beyond the paper's columns: L_help switched on for a baseline (the kit's own addition)
+TABLE_EXTRAS = {"ESD + L_help": ("esd-x", {"help_weight": 1.0})}
+
+# Per-task configs picked by `bench/tune.py` on the cpu profile: every method gets the same budget (its default and
+# two values of its main knob) and the same rule (lowest lpips_ret among configs with forget_rate <= 0.2).
+# Empty: the method's default won. Variants keep their parent's pick (OVW w/o L_help = OVW's config, no L_help).
+TUNED: dict[str, dict[str, dict]] = {"object": {}, "style": {}}
+_TUNED_PARENT = {"ovw-nohelp": "ovw"}
+
+
+def tuned(task_name: str, method: str) -> dict:
+    """The tuned overrides of `method` on the built-in task `task_name` ({} when its default won)."""
+    name = canonical(method)
+    return dict(TUNED.get(task_name, {}).get(_TUNED_PARENT.get(name, name), {}))
 
 
 @dataclass
@@ -69,11 +83,12 @@ def profile(name: str) -> Profile:
 
 
 def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
-               **overrides) -> UnlearnResult:
-    """`unlearn` with the profile's settings, cached on disk: a second call with the same arguments loads the UNet."""
+               use_tuned: bool = True, **overrides) -> UnlearnResult:
+    """`unlearn` with the profile's settings and the task's tuned config (`TUNED`; `use_tuned=False` for the
+    method's defaults), cached on disk: a second call with the same arguments loads the UNet."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
-    settings = {**prof.method_overrides, **overrides}
+    settings = {**prof.method_overrides, **(tuned(task.name, name) if use_tuned else {}), **overrides}
     cfg = make_config(name, **settings)
     key = hashlib.sha1(json.dumps([pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)], default=str)
                        .encode()).hexdigest()[:20]
@@ -133,8 +148,9 @@ def figure_rows(task: Task, seeds, n_prompts: int = 2) -> tuple[list[str], list[
 
 
 def compare_methods(base, task: Task, methods=tuple(FIGURE_METHODS), prof: Profile | str = "cpu", lpips=None,
-                    cache_dir=None, progress=True) -> tuple[dict, dict]:
-    """Unlearn `task` with each method (cached) and evaluate each against `base`.
+                    cache_dir=None, progress=True, extras: dict | None = None) -> tuple[dict, dict]:
+    """Unlearn `task` with each method (cached) and evaluate each against `base`; `extras` adds rows
+    {display name: (method, overrides)}, e.g. `TABLE_EXTRAS`.
 
     Returns (pipelines, results): {display name: pipeline} with 'base' first, and {display name: evaluate dict}.
     """
@@ -145,9 +161,10 @@ def compare_methods(base, task: Task, methods=tuple(FIGURE_METHODS), prof: Profi
     pipes, results = {"base": base}, {}
     results["base"] = evaluate(base, base, task, seeds=prof.eval_seeds, max_retain=prof.max_retain, lpips=lpips,
                                cache_dir=cache_dir, progress=progress, **prof.sampler)
-    for m in methods:
-        label = FIGURE_METHODS.get(canonical(m), m)
-        run = run_method(base, task, m, prof, cache_dir=cache_dir, progress=progress)
+    runs = [(FIGURE_METHODS.get(canonical(m), m), m, {}) for m in methods]
+    runs += [(label, m, dict(kw)) for label, (m, kw) in (extras or {}).items()]
+    for label, m, kw in runs:
+        run = run_method(base, task, m, prof, cache_dir=cache_dir, progress=progress, **kw)
         pipes[label] = run.pipeline
         results[label] = evaluate(base, run.pipeline, task, seeds=prof.eval_seeds, max_retain=prof.max_retain,
                                   lpips=lpips, cache_dir=cache_dir, progress=progress, **prof.sampler)
