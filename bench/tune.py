@@ -1,6 +1,6 @@
 """The tuning sweep behind the methods' defaults: every method gets the same budget of three configs.
 
-    python bench/tune.py [--task style] [--cache runs/cache] [--out runs/tune-style.json]
+    python bench/tune.py [--task style] [--cache runs/cache] [--out bench/tune-style.json]
 
 Each method runs its default and two values of its main knob (the learning rate; Saddle's τ multiple),
 on the cpu profile, and is evaluated against the base on the same prompts and seeds. The rule that picks a
@@ -40,23 +40,26 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="style")
     ap.add_argument("--cache", default=None, help="the cache folder of runs and samples (default: unlearnkit's)")
-    ap.add_argument("--out", default=None, help="JSON results (default runs/tune-<task>.json)")
+    ap.add_argument("--out", default=None, help="JSON results (default bench/tune-<task>.json)")
     ap.add_argument("--methods", default=",".join(GRID))
     args = ap.parse_args(argv)
-    out = Path(args.out or f"runs/tune-{args.task}.json")
+    out = Path(args.out or f"bench/tune-{args.task}.json")
     rows = json.loads(out.read_text()) if out.exists() else []
     P = profile("cpu")
     base = uk.load_base(device="cpu")
     task, lpips = P.task(args.task), LPIPSDistance()
+    # what the rows depend on besides the method's config: a changed profile runs them again
+    setting = {"method_overrides": P.method_overrides, "eval_seeds": list(P.eval_seeds), "max_retain": P.max_retain,
+               **P.sampler}
     for m in args.methods.split(","):
         for cfg in GRID[m]:
-            if any(r["method"] == m and r["overrides"] == cfg for r in rows):
+            if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting for r in rows):
                 continue
             t = time.time()
             run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, use_tuned=False, **cfg)
             r = uk.evaluate(base, run.pipeline, task, seeds=P.eval_seeds, max_retain=P.max_retain, lpips=lpips,
                             cache_dir=args.cache, progress=False, **P.sampler)
-            rows.append({"method": m, "overrides": cfg, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
+            rows.append({"method": m, "overrides": cfg, "profile": setting, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
                          "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
                          "train_seconds": run.seconds, "seconds": time.time() - t})
             tmp = out.with_suffix(".tmp")
@@ -65,7 +68,7 @@ def main(argv=None):
             print(json.dumps(rows[-1]), flush=True)
     print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in GRID:
-        mine = [r for r in rows if r["method"] == m]
+        mine = [r for r in rows if r["method"] == m and r.get("profile") == setting]
         if not mine:
             continue
         best = pick(mine)
