@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer steps and prompts (a few minutes)")
     ap.add_argument("--model", default="base", help="'base' (the shipped model) or 'tiny' (random)")
     args = ap.parse_args(argv)
-    steps, batch = (6, 4) if args.quick else (20, 8)
+    steps, batch = (12, 4) if args.quick else (30, 8)
     pipe = uk.load_base(device="cpu") if args.model == "base" else build_pipeline("tiny")
     full = uk.get_task("object")
     task = uk.Task(name="bench", forget_prompts=full.forget_prompts[:6], retain_prompts=full.retain_prompts[:12],
