@@ -1,4 +1,4 @@
-"""The tuning sweep behind the methods' defaults: every method gets the same budget of three configs.
+"""The tuning sweep behind `unlearnkit.experiments.TUNED`: every method gets the same budget of three configs.
 
     python bench/tune.py [--task style] [--cache runs/cache] [--out bench/tune-style.json]
 
