@@ -49,16 +49,14 @@ def main(argv=None):
     base = uk.load_base(device="cpu")
     task, lpips = P.task(args.task), LPIPSDistance()
     # what the rows depend on besides the method's config: a changed profile runs them again
-    setting = {"method_overrides": P.method_overrides, "eval_seeds": list(P.eval_seeds), "max_retain": P.max_retain,
-               **P.sampler}
+    setting = {"method_overrides": P.method_overrides, **P.evaluation}
     for m in args.methods.split(","):
         for cfg in GRID[m]:
             if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting for r in rows):
                 continue
             t = time.time()
             run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, use_tuned=False, **cfg)
-            r = uk.evaluate(base, run.pipeline, task, seeds=P.eval_seeds, max_retain=P.max_retain, lpips=lpips,
-                            cache_dir=args.cache, progress=False, **P.sampler)
+            r = uk.evaluate(base, run.pipeline, task, lpips=lpips, cache_dir=args.cache, progress=False, **P.evaluation)
             rows.append({"method": m, "overrides": cfg, "profile": setting, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
                          "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
                          "train_seconds": run.seconds, "seconds": time.time() - t})

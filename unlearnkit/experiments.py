@@ -67,6 +67,11 @@ class Profile:
     def sampler(self) -> dict:
         return {"steps": self.sample_steps, "guidance_scale": self.guidance_scale}
 
+    @property
+    def evaluation(self) -> dict:
+        """`evaluate`'s settings under this profile: seeds, max_retain and the sampler."""
+        return {"seeds": list(self.eval_seeds), "max_retain": self.max_retain, **self.sampler}
+
 
 PROFILES = {
     "smoke": Profile("smoke", method_overrides=dict(steps=2, batch_size=2, data_steps=2, data_seeds=1),
@@ -163,15 +168,14 @@ def compare_methods(base, task: Task, methods=tuple(FIGURE_METHODS), prof: Profi
     prof = profile(prof) if isinstance(prof, str) else prof
     lpips = lpips or LPIPSDistance()
     pipes, results = {"base": base}, {}
-    results["base"] = evaluate(base, base, task, seeds=prof.eval_seeds, max_retain=prof.max_retain, lpips=lpips,
-                               cache_dir=cache_dir, progress=progress, **prof.sampler)
+    results["base"] = evaluate(base, base, task, lpips=lpips, cache_dir=cache_dir, progress=progress, **prof.evaluation)
     runs = [(FIGURE_METHODS.get(canonical(m), m), m, {}) for m in methods]
     runs += [(label, m, dict(kw)) for label, (m, kw) in (extras or {}).items()]
     for label, m, kw in runs:
         run = run_method(base, task, m, prof, cache_dir=cache_dir, progress=progress, **kw)
         pipes[label] = run.pipeline
-        results[label] = evaluate(base, run.pipeline, task, seeds=prof.eval_seeds, max_retain=prof.max_retain,
-                                  lpips=lpips, cache_dir=cache_dir, progress=progress, **prof.sampler)
+        results[label] = evaluate(base, run.pipeline, task, lpips=lpips, cache_dir=cache_dir, progress=progress,
+                                  **prof.evaluation)
         results[label]["train_seconds"] = run.seconds
     return pipes, results
 
