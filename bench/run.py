@@ -29,7 +29,8 @@ import unlearnkit as uk
 from unlearnkit import losses
 from unlearnkit.data import training_data
 from unlearnkit.methods import make_config
-from unlearnkit.models import build_pipeline, encode_images, training_scheduler
+from unlearnkit.backbone import encode_images, training_scheduler
+from unlearnkit.models import build_pipeline
 
 METHODS = ("ga", "esd-x", "salun", "sa", "saddle", "ovw")
 

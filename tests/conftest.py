@@ -24,8 +24,7 @@ def object_task():
     # the built-in object task cut to a few prompts: the same structure, seconds instead of minutes
     import unlearnkit as uk
 
-    t = uk.get_task("object")
-    return uk.Task(name="object-small", forget_prompts=t.forget_prompts[:3], retain_prompts=t.retain_prompts[:4],
-                   anchor_prompts=t.anchor_prompts[:3], forget_concept=t.forget_concept,
-                   neighbour_concept=t.neighbour_concept, kind=t.kind, retain_concepts=t.retain_concepts[:4])
+    from dataclasses import replace
+
+    return replace(uk.get_task("object").head(3, 4), name="object-small")
 

@@ -3,7 +3,8 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit import world
-from unlearnkit.models import build_tokenizer, encode_prompts, load_pipeline
+from unlearnkit.backbone import encode_prompts
+from unlearnkit.models import build_tokenizer, load_pipeline
 from unlearnkit.sampling import initial_noise, sample_pairs
 
 

@@ -11,7 +11,7 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit.io import atomic_save, load_checkpoint
-from unlearnkit.models import encode_images
+from unlearnkit.backbone import encode_images
 
 
 def test_image_size_and_channels_the_model_does_not_take(tiny_pipe):

@@ -24,7 +24,7 @@ def test_every_method_runs_two_finite_steps_and_leaves_the_base_untouched(tiny_p
 
 
 def _fixed_batch(pipe, task):
-    from unlearnkit.models import encode_prompts
+    from unlearnkit.backbone import encode_prompts
 
     g = torch.Generator().manual_seed(123)
     x_t = torch.randn(3, 3, 32, 32, generator=g)
@@ -51,7 +51,7 @@ def test_losses_decrease_where_they_should(tiny_pipe, object_task):
     with torch.enable_grad():
         ga = uk.unlearn(tiny_pipe, object_task, "ga", steps=6, lr=1e-3, batch_size=4, data_steps=2,
                         progress=False).pipeline.unet
-    from unlearnkit.models import training_scheduler
+    from unlearnkit.backbone import training_scheduler
 
     noisy = training_scheduler(tiny_pipe).add_noise(x_t, noise, t)
     assert losses.simple_loss(ga(noisy, t, e_f).sample, noise) > losses.simple_loss(base(noisy, t, e_f).sample, noise)
@@ -80,26 +80,15 @@ def test_salun_leaves_masked_out_parameters_bit_identical(tiny_pipe, object_task
     assert 0 < changed <= 0.3 * total + 1
 
 
-def test_fisher_is_non_negative_and_cached(tiny_pipe, object_task, tmp_path):
-    from unlearnkit.data import pipeline_fingerprint, training_data
-    from unlearnkit.fisher import diagonal_fisher
-    from unlearnkit.models import encode_images, encode_prompts, training_scheduler
-
-    cfg = make_config("sa", fisher_samples=3, data_steps=2)
-    prompts, images = training_data(tiny_pipe, object_task, cfg, cache_dir=tmp_path, progress=False)["retain"]
-    alphas = training_scheduler(tiny_pipe).alphas_cumprod
-
-    def add_noise(x, n, t):
-        a = alphas[t].view(-1, 1, 1, 1)
-        return a.sqrt() * x + (1 - a).sqrt() * n
-
-    trainable = select_params(tiny_pipe.unet, "full")
-    args = (tiny_pipe.unet, trainable, encode_images(tiny_pipe, images[:4]), encode_prompts(tiny_pipe, prompts[:4]),
-            add_noise, 1000, cfg, pipeline_fingerprint(tiny_pipe), tmp_path)
-    fisher = diagonal_fisher(*args)
+def test_sa_state_holds_a_non_negative_cached_fisher(tiny_pipe, object_task, tmp_path):
+    kw = dict(steps=1, batch_size=2, data_steps=2, fisher_samples=3, progress=False, cache_dir=tmp_path)
+    first = uk.unlearn(tiny_pipe, object_task, "sa", **kw).state
+    fisher = first["fisher"]
+    assert len(fisher) == len(first["names"]) == len(list(tiny_pipe.unet.parameters()))
     assert all((f >= 0).all() for f in fisher) and sum(f.sum() for f in fisher) > 0
     assert len(list((tmp_path / "fisher").iterdir())) == 1
-    assert all(torch.equal(a, b) for a, b in zip(fisher, diagonal_fisher(*args)))
+    again = uk.unlearn(tiny_pipe, object_task, "sa", **kw).state["fisher"]  # loaded from the cache
+    assert all(torch.equal(a, b) for a, b in zip(fisher, again))
 
 
 @pytest.mark.parametrize("method", ["esd-x", "saddle", "salun"])
@@ -147,7 +136,7 @@ def test_saddle_logs_multiplier_and_forget_loss(tiny_pipe, object_task):
 def test_regression_target_matches_diffusers_for_epsilon_and_v():
     from diffusers import DDPMScheduler
 
-    from unlearnkit.train import regression_target
+    from unlearnkit.losses import regression_target
 
     x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     t = torch.tensor([0, 10, 500, 999])
@@ -176,8 +165,8 @@ def test_warm_start_is_exact_and_refuses_another_architecture(tmp_path):
 
 def test_fused_passes_equal_separate_calls(tiny_pipe):
     # the loop runs every UNet input of a step as one batch: each row's output must not depend on the others
-    from unlearnkit.models import encode_prompts
-    from unlearnkit.train import _Fused
+    from unlearnkit.backbone import encode_prompts
+    from unlearnkit.context import _Fused
 
     unet = tiny_pipe.unet
     g = torch.Generator().manual_seed(0)

@@ -4,14 +4,16 @@ Reproduces "Model Integrity when Unlearning with T2I Diffusion Models" (Schioppa
 on an embedded world that runs on a CPU, and on Stable Diffusion with the same code.
 """
 
-from . import world
+from . import methods, world
 from .classifier import load_classifier
 from .metrics import evaluate, results_table
 from .models import load_base, load_pipeline
 from .sampling import sample
-from .tasks import Task, get_task
+from .catalog import get_task
+from .methods import register_method
+from .tasks import Task
 from .train import unlearn
 
 __version__ = "0.1.0"
-__all__ = ["world", "Task", "get_task", "load_base", "load_pipeline", "load_classifier", "sample", "unlearn",
+__all__ = ["world", "methods", "register_method", "Task", "get_task", "load_base", "load_pipeline", "load_classifier", "sample", "unlearn",
            "evaluate", "results_table"]

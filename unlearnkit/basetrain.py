@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .world import TRAIN_SEEDS
 from .io import atomic_save, load_checkpoint
-from .models import build_pipeline, encode_images, training_scheduler
-from .train import regression_target
+from .backbone import encode_images, training_scheduler
+from .losses import regression_target
+from .models import build_pipeline, resolve_device
 
-TRAIN_SEEDS = 10_000_000  # training renders use seeds below this; evaluation renders use seeds above
 
 
 @dataclass
@@ -67,13 +68,14 @@ def _set_rng_state(state):
     random.setstate(state["python"])
 
 
-def train_base(out_dir: str | Path, device: str = "cpu", progress: bool = True, **overrides) -> dict:
+def train_base(out_dir: str | Path, device: str = "auto", progress: bool = True, **overrides) -> dict:
     """Train (or resume) the embedded model in `out_dir`; the EMA pipeline is saved to `out_dir/pipeline`.
 
     Returns {'steps', 'seconds', 'loss', 'pipeline'}: final step, wall time this call, mean loss of the
     last 100 steps, and the saved pipeline's path.
     """
     cfg = BaseTrainConfig(**overrides)
+    device = resolve_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)

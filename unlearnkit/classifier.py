@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import world
-from .basetrain import TRAIN_SEEDS
+from .world import TRAIN_SEEDS
 from .io import atomic_write
 
 ASSET = Path(__file__).parent / "assets" / "classifier.safetensors"

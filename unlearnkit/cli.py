@@ -32,14 +32,14 @@ def _override(text: str):
         return key, value
 
 
-def _load(path: str | None, device: str | None):
+def _load(path: str | None, device: str):
     from .models import load_base, load_pipeline
 
     return load_base(device=device) if path in (None, "base") else load_pipeline(path, device=device)
 
 
 def _task(args):
-    from .tasks import get_task
+    from .catalog import get_task
     from .world import task
 
     if args.forget:
@@ -51,7 +51,7 @@ def cmd_train_base(args):
     from .basetrain import train_base
 
     overrides = dict(_override(s) for s in args.set)
-    result = train_base(args.out, device=args.device or "cpu", progress=not args.json, steps=args.steps,
+    result = train_base(args.out, device=args.device, progress=not args.json, steps=args.steps,
                         batch_size=args.batch_size, seed=args.seed, **overrides)
     return result
 
@@ -77,11 +77,11 @@ def cmd_unlearn(args):
     task = _task(args)
     pipe = _load(args.model, args.device)
     result = unlearn(pipe, task, args.method, out_dir=args.out, progress=not args.json, **overrides)
-    from .models import is_latent
+    from .backbone import is_latent
 
     target = Path(args.out) / "pipeline"
     if is_latent(result.pipeline):
-        from .sd import save_unlearned_unet
+        from .models import save_unlearned_unet
 
         save_unlearned_unet(result.pipeline, target, base=args.model)
     else:
@@ -105,7 +105,7 @@ def cmd_evaluate(args):
 def cmd_reproduce(args):
     from .reproduce import reproduce
 
-    return reproduce(profile=args.profile, out_dir=args.out, only=args.only)
+    return reproduce(profile=args.profile, out_dir=args.out, only=args.only, device=args.device or "auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp):
-        sp.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        sp.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu or cuda")
         sp.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     def task_args(sp):

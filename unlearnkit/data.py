@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_save
-from .models import is_latent, weights_fingerprint
+from .backbone import is_latent, weights_fingerprint
 from .sampling import sample_pairs
 
 DATA_SEED0 = 100_000  # training-data seeds start here; evaluation seeds are small integers (0, 1, …)

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from .data import default_cache_dir, pipeline_fingerprint
 from .io import atomic_write
 from .methods import canonical, make_config
-from .tasks import Task, get_task
+from .catalog import get_task
+from .tasks import Task
 from .train import UnlearnResult, unlearn
 
 # the methods of the paper's figures and table, in column order, with their display names
@@ -58,10 +59,7 @@ class Profile:
         t = get_task(name)
         if self.max_forget is None:
             return t
-        n, r = self.max_forget, max(self.max_retain or 4, 4)
-        return Task(name=t.name, forget_prompts=t.forget_prompts[:n], retain_prompts=t.retain_prompts[:r],
-                    anchor_prompts=t.anchor_prompts[:n], forget_concept=t.forget_concept,
-                    neighbour_concept=t.neighbour_concept, kind=t.kind, retain_concepts=t.retain_concepts[:r])
+        return t.head(self.max_forget, max(self.max_retain or 4, 4))
 
     @property
     def sampler(self) -> dict:
@@ -136,8 +134,6 @@ def figure_rows(task: Task, seeds, n_prompts: int = 2) -> tuple[list[str], list[
 
     Returns aligned (prompts, seeds, labels).
     """
-    from . import world
-
     prompts, out_seeds, labels = [], [], []
     # spread over the forget list, so the rows show different colours / objects
     step = max(1, len(task.forget_prompts) // n_prompts)
@@ -145,8 +141,8 @@ def figure_rows(task: Task, seeds, n_prompts: int = 2) -> tuple[list[str], list[
     for k, p in enumerate(picked):
         s = int(seeds[k % len(seeds)])
         pair = [p]
-        if task.neighbour_concept and task.kind in world.KINDS:
-            pair.append(world.prompt(**{**world.parse(p), task.kind: task.neighbour_concept}))
+        if task.neighbour_concept and task.forget_concept:
+            pair.append(task.swap(p, task.neighbour_concept))
         elif task.neighbour_prompts:
             pair.append(task.neighbour_prompts[k % len(task.neighbour_prompts)])
         for q in pair:

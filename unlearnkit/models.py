@@ -13,15 +13,18 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from . import world
+from .losses import check_prediction_type
+from .sampling import sample
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 VOCAB = (*SPECIALS, *world.GRAMMAR_WORDS, *world.OBJECTS, *world.COLOURS, *world.STYLES)
 MAX_TOKENS = 8  # [BOS] a red circle , striped style [EOS]
 BASE_DIR = Path(__file__).parent / "assets" / "base"
+UNET_MARKER = "unlearnkit_unet.json"  # a folder holding only an unlearned UNet and the id of its base
 
 # model sizes: "base" is the shipped model, "tiny" is for fast tests
 UNET_CONFIGS = {
@@ -50,21 +53,6 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def check_words(tokenizer, prompts: list[str]) -> None:
-    """Raise a ValueError naming the first word the tokenizer does not know (and listing the known ones)."""
-    unk = tokenizer.unk_token_id
-    if unk is None:
-        return
-    for p in prompts:
-        enc = tokenizer(p, add_special_tokens=False)
-        ids = enc["input_ids"]
-        if unk in ids:
-            words = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(p)
-            bad = next(w for (w, _), i in zip(words, ids) if i == unk)
-            known = sorted(w for w in tokenizer.get_vocab() if not w.startswith("["))
-            raise ValueError(f"unknown word {bad!r} in prompt {p!r}; the model knows: {', '.join(known)}")
-
-
 class UnlearnkitPipeline(DiffusionPipeline):
     """The embedded text-to-image model: pixel-space UNet + CLIP text encoder + word tokenizer + DDIM."""
 
@@ -77,20 +65,7 @@ class UnlearnkitPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompts, seeds=(0,), steps: int = 20, guidance_scale: float = 2.0, **kwargs):
         """Images [N,3,H,W] in [0,1], one per (prompt, seed), prompt-major; see `unlearnkit.sample`."""
-        from .sampling import sample
-
         return sample(self, prompts, seeds, steps=steps, guidance_scale=guidance_scale, **kwargs)
-
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet may predict: SD 1.x ε, SD 2.x and the embedded base v
-
-
-def check_prediction_type(prediction_type: str) -> str:
-    """`prediction_type` itself, or a ValueError naming it and the supported ones."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {prediction_type!r} is not supported; unlearnkit trains and samples "
-                         f"{' and '.join(map(repr, PREDICTION_TYPES))} models")
-    return prediction_type
 
 
 def build_pipeline(size: str = "base", seed: int = 0, prediction_type: str = "v_prediction") -> UnlearnkitPipeline:
@@ -133,74 +108,28 @@ def build_pipeline(size: str = "base", seed: int = 0, prediction_type: str = "v_
     return UnlearnkitPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
-def is_latent(pipe) -> bool:
-    """True for pipelines with a VAE (Stable Diffusion): the UNet then works in latent space."""
-    return getattr(pipe, "vae", None) is not None
-
-
-def pipeline_device(pipe) -> torch.device:
-    return next(pipe.unet.parameters()).device
-
-
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """`encoder_hidden_states` [N, tokens, dim] for a list of prompts ('' is the unconditional prompt)."""
-    check_words(pipe.tokenizer, [p for p in prompts if p])
-    ids = pipe.tokenizer(
-        list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(pipeline_device(pipe))
-    return pipe.text_encoder(ids)[0]
-
-
-def encode_images(pipe, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images [N,3,H,W] in [0,1] -> the UNet's input space (pixels in [-1,1], or scaled VAE latents)."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [N, 3, H, W] RGB in [0, 1], got shape {tuple(images.shape)}")
-    if not is_latent(pipe):
-        size = sample_shape(pipe)[1:]
-        if tuple(images.shape[2:]) != size:
-            raise ValueError(f"this model takes {size[0]}x{size[1]} images, got {images.shape[2]}x{images.shape[3]}; "
-                             "resize them first")
-    elif images.shape[2] % 8 or images.shape[3] % 8:
-        raise ValueError(f"Stable Diffusion's VAE takes sides that are multiples of 8, got {tuple(images.shape[2:])}")
-    x = images.to(pipeline_device(pipe)) * 2 - 1
-    if not is_latent(pipe):
-        return x
-    x = x.to(pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
-
-
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Inverse of `encode_images`: images [N,3,H,W] in [0,1], float32."""
-    if is_latent(pipe):
-        latents = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
-    return ((latents.float() + 1) / 2).clamp(0, 1)
-
-
-def sample_shape(pipe) -> tuple[int, int, int]:
-    """(channels, height, width) of the UNet's input."""
-    cfg = pipe.unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    return (cfg.in_channels, size, size)
-
-
-def training_scheduler(pipe) -> DDPMScheduler:
-    """The DDPM scheduler with the pipeline's noise schedule, for adding noise during training."""
-    return DDPMScheduler.from_config(pipe.scheduler.config)
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device=None) -> torch.device:
+    """`device` as a torch.device; None or 'auto' is cuda when a GPU is available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device(default_device())
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+
+
 def _resolve(device, dtype):
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no GPU is available; use device='cpu'")
     return device, dtype or torch.float32
 
 
-def load_pipeline(path_or_id: str | os.PathLike, device=None, dtype=None):
+def load_pipeline(path_or_id: str | os.PathLike, device="auto", dtype=None):
     """Load a saved pipeline: the embedded model, a Stable Diffusion folder or hub id, or an unlearned SD UNet.
 
     Returns the pipeline on `device` (default: cuda if available, else cpu) in `dtype` (default float32).
@@ -211,10 +140,8 @@ def load_pipeline(path_or_id: str | os.PathLike, device=None, dtype=None):
         if not path.is_dir():
             raise ValueError(f"{str(path)!r} is a file; load_pipeline takes a pipeline folder (with model_index.json)")
         index = path / "model_index.json"
-        unet_only = path / "unlearnkit_unet.json"
+        unet_only = path / UNET_MARKER
         if unet_only.exists():
-            from .sd import load_unlearned_unet
-
             return load_unlearned_unet(path, device=device, dtype=dtype)
         if not index.exists():
             raise ValueError(
@@ -241,7 +168,7 @@ def load_pipeline(path_or_id: str | os.PathLike, device=None, dtype=None):
     return pipe.to(device)
 
 
-def load_base(device=None, dtype=None) -> UnlearnkitPipeline:
+def load_base(device="auto", dtype=None) -> UnlearnkitPipeline:
     """The shipped embedded base model (trained weights inside the package; loads offline)."""
     if not (BASE_DIR / "model_index.json").exists():
         raise ValueError(
@@ -251,12 +178,26 @@ def load_base(device=None, dtype=None) -> UnlearnkitPipeline:
     return load_pipeline(BASE_DIR, device=device, dtype=dtype)
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of a module's parameters and buffers (changes when any weight changes)."""
-    import hashlib
+def save_unlearned_unet(pipe, folder: str | Path, base: str) -> Path:
+    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to."""
+    folder = Path(folder)
+    pipe.unet.save_pretrained(folder / "unet")
+    (folder / UNET_MARKER).write_text(json.dumps({"base": str(base)}))
+    return folder
 
-    h = hashlib.sha1()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+
+def load_unlearned_unet(folder: str | Path, device="auto", dtype=None):
+    """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place."""
+    folder = Path(folder)
+    try:
+        base = json.loads((folder / UNET_MARKER).read_text())["base"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{folder / UNET_MARKER} is corrupt ({e}); re-save the unlearned model") from e
+    pipe = load_pipeline(base, device=device, dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype or torch.float32)
+    arch = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    if arch(unet.config) != arch(pipe.unet.config):
+        raise ValueError(f"the UNet in {folder} does not fit the base {base!r} (another architecture); "
+                         "pass the base it was unlearned from")
+    pipe.unet = unet.to(pipe.device)
+    return pipe

@@ -18,9 +18,9 @@ def notebooks_dir() -> Path:
 
 
 def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str | None = None,
-              figures_dir: str | Path | None = None, kernel: str = "python3", notebooks: str | Path | None = None
-              ) -> dict:
-    """Execute every notebook NN_*.ipynb with `profile`; returns {'profile', 'seconds', 'notebooks': {name: s}}.
+              figures_dir: str | Path | None = None, kernel: str = "python3", notebooks: str | Path | None = None,
+              device: str = "auto") -> dict:
+    """Execute every notebook NN_*.ipynb with `profile` on `device` ('auto': cuda when there is a GPU); returns {'profile', 'seconds', 'notebooks': {name: s}}.
 
     Executed copies go to `out_dir`; figures to `figures_dir` (default: the kit's figures/). A failing
     notebook stops the run with a ValueError naming the notebook and the cell.
@@ -46,7 +46,7 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
         t = time.time()
         target = out_dir / book.name
         try:
-            pm.execute_notebook(str(book), str(target), parameters={"profile": profile, "figures_dir": str(figures)},
+            pm.execute_notebook(str(book), str(target), parameters={"profile": profile, "figures_dir": str(figures), "device": device},
                                 cwd=str(src), kernel_name=kernel, progress_bar=False)
         except PapermillExecutionError as e:
             raise ValueError(f"notebook {book.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "

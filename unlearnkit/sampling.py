@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from .models import decode_latents, encode_prompts, pipeline_device, sample_shape
+from .backbone import decode_latents, encode_prompts, pipeline_device, sample_shape
 
 DEFAULT_STEPS = 20  # DDIM steps
 DEFAULT_GUIDANCE = 2.0  # classifier-free guidance for the embedded model: measured best of 1.5, 2, 3, 5 (README)

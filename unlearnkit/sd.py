@@ -1,4 +1,4 @@
-"""Stable Diffusion specifics: unlearned UNets saved alone (with the base id recorded), and a tiny random SD.
+"""Stable Diffusion shapes: a randomly initialised SD pipeline for tests and benchmarks (no download).
 
 The training loop, the sampler and the metric treat Stable Diffusion like the embedded model; only
 the VAE (latent space) differs, and `models.encode_images` / `decode_latents` handle it.
@@ -6,41 +6,7 @@ the VAE (latent space) differs, and `models.encode_images` / `decode_latents` ha
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-
-MARKER = "unlearnkit_unet.json"
-
-
-def save_unlearned_unet(pipe, folder: str | Path, base: str) -> Path:
-    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to."""
-    folder = Path(folder)
-    pipe.unet.save_pretrained(folder / "unet")
-    (folder / MARKER).write_text(json.dumps({"base": str(base)}))
-    return folder
-
-
-def load_unlearned_unet(folder: str | Path, device=None, dtype=None):
-    """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place."""
-    from diffusers import UNet2DConditionModel
-
-    from .models import load_pipeline
-
-    folder = Path(folder)
-    try:
-        base = json.loads((folder / MARKER).read_text())["base"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{folder / MARKER} is corrupt ({e}); re-save the unlearned model") from e
-    pipe = load_pipeline(base, device=device, dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype or torch.float32)
-    arch = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
-    if arch(unet.config) != arch(pipe.unet.config):
-        raise ValueError(f"the UNet in {folder} does not fit the base {base!r} (another architecture); "
-                         "pass the base it was unlearned from")
-    pipe.unet = unet.to(pipe.device)
-    return pipe
 
 
 def build_tiny_sd(prompts: list[str], seed: int = 0, image_size: int = 32, shape: str = "tiny"):

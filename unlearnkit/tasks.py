@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+import re
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -21,12 +23,18 @@ class Task:
     neighbour_concept: str | None = None  # the retain concept to watch first
     kind: str | None = None  # 'object', 'colour' or 'style' on the embedded world
     retain_concepts: list[str] = field(default_factory=list)  # the concept of each retain prompt (per-concept LPIPS)
+    # words a forget prompt's concept may be swapped for when a method relabels it (SalUn's c_rand); empty:
+    # relabelling picks a random retain prompt instead
+    relabel_concepts: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.forget_prompts = list(self.forget_prompts)
         self.retain_prompts = list(self.retain_prompts)
         self.anchor_prompts = list(self.anchor_prompts)
         self.retain_concepts = list(self.retain_concepts)
+        self.relabel_concepts = list(self.relabel_concepts)
+        if self.relabel_concepts and not self.forget_concept:
+            raise ValueError(f"task {self.name!r}: relabel_concepts need forget_concept (the word they replace)")
         if self.retain_concepts and len(self.retain_concepts) != len(self.retain_prompts):
             raise ValueError(f"task {self.name!r}: retain_concepts ({len(self.retain_concepts)}) must name the "
                              f"concept of each of the {len(self.retain_prompts)} retain prompts")
@@ -60,25 +68,21 @@ class Task:
             return [p for p, c in zip(self.retain_prompts, self.retain_concepts) if c == self.neighbour_concept]
         return [p for p in self.retain_prompts if self.neighbour_concept in p.replace(",", " ").split()]
 
+    def swap(self, prompt: str, concept: str) -> str:
+        """`prompt` with the forget concept's word replaced by `concept` (whole words only)."""
+        if not self.forget_concept:
+            raise ValueError(f"task {self.name!r} has no forget_concept to swap; set it")
+        return re.sub(rf"\b{re.escape(self.forget_concept)}\b", concept, prompt)
 
-# the built-in embedded tasks, mirroring the paper's Figure 1 (style) and Figure 2 (object)
-BUILTIN = {
-    "style": dict(forget="wavy", neighbour="striped"),
-    "object": dict(forget="triangle", neighbour="square"),
-}
+    def relabel(self, prompt: str, rng: random.Random) -> str:
+        """SalUn's random label c_rand for a forget prompt: the concept swapped for a random one of
+        `relabel_concepts`, or (without them) a random retain prompt."""
+        if self.relabel_concepts:
+            return self.swap(prompt, rng.choice(self.relabel_concepts))
+        return rng.choice(self.retain_prompts)
 
-
-def get_task(name: str) -> Task:
-    """A built-in task: 'style' (forget the wavy style, watch striped) or 'object' (forget triangle, watch square).
-
-    Stable Diffusion tasks ('sd-vangogh', 'sd-cat') come from prompt files, see `unlearnkit.sd_tasks`.
-    """
-    from . import world
-
-    if name in BUILTIN:
-        return world.task(name=name, **BUILTIN[name])
-    from .sd_tasks import SD_TASKS, sd_task
-
-    if name in SD_TASKS:
-        return sd_task(name)
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join([*BUILTIN, *SD_TASKS])}")
+    def head(self, max_forget: int | None = None, max_retain: int | None = None) -> Task:
+        """This task cut to its first `max_forget` forget prompts (anchors alike) and `max_retain` retain prompts."""
+        f, r = slice(max_forget), slice(max_retain)
+        return replace(self, forget_prompts=self.forget_prompts[f], anchor_prompts=self.anchor_prompts[f],
+                       retain_prompts=self.retain_prompts[r], retain_concepts=self.retain_concepts[r])

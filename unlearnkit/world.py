@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .tasks import Task
+
 OBJECTS = ("circle", "square", "triangle", "cross", "star", "blob")
 COLOURS = ("red", "yellow", "green", "blue", "grey")
 STYLES = ("plain", "striped", "wavy", "dotted", "grainy")
@@ -27,6 +29,7 @@ NEUTRAL = {"object": "blob", "colour": "grey", "style": "plain"}
 # the words every prompt uses besides the concepts (the tokenizer knows exactly these)
 GRAMMAR_WORDS = ("a", ",", "style")
 RESOLUTION = 32
+TRAIN_SEEDS = 10_000_000  # base and classifier training renders use seeds below this; evaluation renders above
 
 _RGB = {
     "red": (0.86, 0.16, 0.14),
@@ -183,8 +186,6 @@ def task(forget: str, neighbour: str | None = None, name: str | None = None):
     the neutral word of its kind (``NEUTRAL``). Retain prompts: every other prompt, those with the neighbour
     concept first.
     """
-    from .tasks import Task
-
     kind = kind_of(forget)
     if forget == NEUTRAL[kind]:
         raise ValueError(
@@ -221,4 +222,5 @@ def task(forget: str, neighbour: str | None = None, name: str | None = None):
         forget_concept=forget,
         neighbour_concept=neighbour,
         kind=kind,
+        relabel_concepts=[w for w in KINDS[kind] if w != forget],
     )

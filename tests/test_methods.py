@@ -1,0 +1,130 @@
+"""The method contract: a user's own method through the kit, the redesign's numbers, each method's state."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import unlearnkit as uk
+from unlearnkit import losses
+from unlearnkit.methods import METHODS, Method, UnlearnConfig, make_config, register_method
+
+FAST = dict(steps=2, batch_size=2, data_steps=2, progress=False)
+
+
+@dataclass
+class PushAwayConfig(UnlearnConfig):
+    lr: float = 1e-3
+    scale: float = 2.0  # how far to push the forget prediction past the base's
+
+
+class PushAway(Method):
+    """A method written outside the kit: regress the forget prompt onto scale × (minus) the base's prediction."""
+
+    config_class = PushAwayConfig
+
+    def step(self, ctx, forget):
+        pred = ctx.train(forget.x_t, forget.t, ctx.e_f[forget.idx])
+        base = ctx.frozen(forget.x_t, forget.t, ctx.e_f[forget.idx])
+        self.state["calls"] = self.state.get("calls", 0) + 1
+        return lambda out: (losses.regression_loss(out[pred], -self.config.scale * out[base]), {"scale": self.config.scale})
+
+
+@pytest.fixture
+def push_away():
+    register_method("push-away")(PushAway)
+    yield "push-away"
+    METHODS.pop("push-away")
+
+
+def test_a_method_defined_in_a_test_file_runs_through_unlearn_run_method_and_the_cli(tiny_pipe, object_task, push_away,
+                                                                                 tmp_path):
+    before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    result = uk.unlearn(tiny_pipe, object_task, "push-away", scale=3.0, **FAST)
+    assert result.method == "push-away" and result.config.scale == 3.0 and result.state == {"calls": 2}
+    assert [h["scale"] for h in result.history] == [3.0, 3.0]
+    assert result.history[1]["loss"] < result.history[0]["loss"] * 1.5 and result.history[0]["loss"] > 0
+    assert any(not torch.equal(before[n], p) for n, p in result.pipeline.unet.named_parameters())
+    from unlearnkit.experiments import profile, run_method
+
+    run = run_method(tiny_pipe, object_task, "push-away", profile("smoke"), cache_dir=tmp_path, progress=False)
+    assert run.method == "push-away" and len(run.history) == 2
+    from unlearnkit.cli import build_parser
+
+    args = build_parser().parse_args(["unlearn", "--method", "push-away", "--out", str(tmp_path / "cli")])
+    assert args.method == "push-away"  # the CLI takes any registered name (it reaches make_config unchanged)
+    assert make_config(args.method, scale=1.0).scale == 1.0
+
+
+def test_register_method_refuses_what_is_not_a_method_and_presets_of_unknown_fields():
+    with pytest.raises(ValueError, match="subclass of unlearnkit.methods.Method"):
+        register_method("bad")(object)
+    with pytest.raises(ValueError, match="preset field 'etaa'.*valid fields"):
+        register_method("bad", etaa=1.0)(PushAway)
+    assert "bad" not in METHODS
+
+
+REFERENCE = Path(__file__).parent / "data" / "losses_before_redesign.json"
+
+
+@pytest.mark.parametrize("case", json.loads(REFERENCE.read_text()), ids=lambda c: f"{c['method']}{c['overrides'] or ''}")
+def test_every_method_makes_the_losses_of_the_loop_before_the_redesign(object_task, case):
+    # recorded with the loop of commit d7829e0 (train.unlearn dispatching on the method's name), 3 steps each
+    from unlearnkit.models import build_pipeline
+
+    pipe = build_pipeline("tiny", seed=0)
+    result = uk.unlearn(pipe, object_task, case["method"], steps=3, batch_size=2, data_steps=2, progress=False,
+                        **case["overrides"])
+    assert [set(h) for h in result.history] == [set(h) for h in case["history"]]
+    for got, want in zip(result.history, case["history"]):
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (key, got["step"])
+    weight_sum = sum(float(p.double().sum()) for p in result.pipeline.unet.parameters())
+    assert weight_sum == pytest.approx(case["weight_sum"], rel=1e-6)
+
+
+def test_foreach_ewc_penalty_and_mask_equal_the_per_tensor_versions():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (7,), (2, 2, 3)]
+    params = [torch.randn(s, generator=g).requires_grad_(True) for s in shapes]
+    theta0 = [p.detach() + 0.1 * torch.randn(p.shape, generator=g) for p in params]
+    fisher = [torch.rand(p.shape, generator=g) for p in params]
+    per_tensor = sum((f * (p - p0) ** 2).sum() for p, p0, f in zip(params, theta0, fisher))  # the earlier loop
+    fused = losses.ewc_penalty(params, theta0, fisher)
+    torch.testing.assert_close(fused, per_tensor, rtol=1e-6, atol=0)
+    for a, b in zip(torch.autograd.grad(fused, params), torch.autograd.grad(per_tensor, params)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # SalUn's mask: one fused multiply equals multiplying tensor by tensor, bit for bit
+    from unlearnkit.methods.salun import SalUn, SalUnConfig
+
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    masks = [(torch.rand(s, generator=g) > 0.5).float() for s in shapes]
+    for p, gr in zip(params, grads):
+        p.grad = gr.clone()
+    method = SalUn(SalUnConfig())
+    method._masks = masks
+    method.mask_gradients(params)
+    assert all(torch.equal(p.grad, gr * m) for p, gr, m in zip(params, grads, masks))
+
+
+def test_state_of_each_method_is_returned(tiny_pipe, object_task):
+    salun = uk.unlearn(tiny_pipe, object_task, "salun", mask_ratio=0.25, **FAST).state
+    kept = sum(int(m.sum()) for m in salun["mask"].values())
+    total = sum(m.numel() for m in salun["mask"].values())
+    assert abs(kept / total - 0.25) < 0.01
+    # the task relabels the forget concept (triangle) with another object, the rest of the prompt unchanged
+    for prompt, label in salun["relabelled"]:
+        a, b = uk.world.parse(prompt), uk.world.parse(label)
+        assert a["object"] == "triangle" and b["object"] != "triangle" and (a["colour"], a["style"]) == (b["colour"], b["style"])
+    saddle = uk.unlearn(tiny_pipe, object_task, "saddle", **FAST)
+    assert saddle.state["tau"] > 0 and float(saddle.state["mu"]) == pytest.approx(
+        max(0.0, saddle.history[-1]["mu"] + 2.0 * (saddle.state["tau"] - saddle.history[-1]["forget_loss"])))
+
+
+def test_the_loop_names_no_method():
+    import re
+
+    source = (Path(uk.__file__).parent / "train.py").read_text()
+    assert not re.search(r'"(ga|esd|salun|sa|saddle|ovw)', source)
