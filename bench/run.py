@@ -1,6 +1,6 @@
 """Benchmarks, measured side by side in one run (ratios, not absolute times: the machine is noisy).
 
-    python bench/run.py [--quick] [--model base|tiny]
+    python bench/run.py [--quick] [--model base|tiny] [--device cpu|cuda]
 
 1. Step throughput of every method in the kit's loop vs a naive reference loop written here: the
    text encoder run every step, separate fp32 UNet calls for each frozen target and each example
@@ -27,10 +27,10 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit import losses
+from unlearnkit.backbone import encode_images, pipeline_device, training_scheduler
 from unlearnkit.data import training_data
 from unlearnkit.methods import make_config
-from unlearnkit.backbone import encode_images, training_scheduler
-from unlearnkit.models import build_pipeline
+from unlearnkit.models import build_pipeline, resolve_device
 
 METHODS = ("ga", "esd-x", "salun", "sa", "saddle", "ovw")
 
@@ -40,6 +40,7 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
     base, unet = pipe.unet, copy.deepcopy(pipe.unet).train().requires_grad_(True)
     opt = torch.optim.Adam(unet.parameters(), lr=1e-5)
     sched = training_scheduler(pipe)
+    device = pipeline_device(pipe)
     fp, fi = data["forget"]
     rp, ri = data["retain"]
     ap, _ = data.get("anchor", (fp, fi))
@@ -47,13 +48,13 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
 
     def embed(prompts):
         ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids
+                             return_tensors="pt").input_ids.to(device)
         return pipe.text_encoder(ids)[0]
 
     def noisy(images, idx):
         x0 = encode_images(pipe, images[idx])
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (len(idx),), generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (len(idx),), generator=g).to(device)
         # the regression target: ε, or v for a v-prediction model (the embedded base, SD 2.x)
         target = sched.get_velocity(x0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
         return sched.add_noise(x0, noise, t), target, t
@@ -63,7 +64,7 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
             return torch.cat([base(x[i:i + 1], t[i:i + 1], e[i:i + 1]).sample for i in range(len(x))])
 
     start = time.time()
-    for _ in range(steps):
+    for _ in range(steps):  # (on CUDA, loss.backward and opt.step queue work; the final sync below times it)
         idx = torch.randint(0, len(fp), (batch_size,), generator=g)
         x_t, y, t = noisy(fi, idx)
         e_f = embed([fp[i] for i in idx])
@@ -96,6 +97,8 @@ def naive_steps(pipe, task, method, steps, batch_size, data):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return steps / (time.time() - start)
 
 
@@ -103,13 +106,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and prompts (a few minutes)")
     ap.add_argument("--model", default="base", help="'base' (the shipped model) or 'tiny' (random)")
+    ap.add_argument("--device", default="auto", help="cpu or cuda (default: cuda when there is a GPU)")
     args = ap.parse_args(argv)
     steps, batch = (12, 4) if args.quick else (30, 8)
-    pipe = uk.load_base(device="cpu") if args.model == "base" else build_pipeline("tiny")
-    full = uk.get_task("object")
-    task = uk.Task(name="bench", forget_prompts=full.forget_prompts[:6], retain_prompts=full.retain_prompts[:12],
-                   anchor_prompts=full.anchor_prompts[:6], forget_concept=full.forget_concept,
-                   neighbour_concept=full.neighbour_concept, kind=full.kind, retain_concepts=full.retain_concepts[:12])
+    device = resolve_device(args.device)
+    pipe = uk.load_base(device=device) if args.model == "base" else build_pipeline("tiny").to(device)
+    task = uk.get_task("object").head(6, 12)
     cache = tempfile.mkdtemp()
     data = training_data(pipe, task, make_config("ovw", data_steps=10, data_seeds=1), cache_dir=cache, progress=False)
     rows, ratios = [], {}
@@ -144,15 +146,17 @@ def main(argv=None):
     t = time.time()
     uk.sample(pipe, prompts, [0, 1], steps=20, guidance_scale=2.0)
     ips = 2 * len(prompts) / (time.time() - t)
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {gpu}, "
+          f"torch {torch.__version__}")
     print("| method | kit steps/s | naive steps/s | ratio |\n|---|---|---|---|\n" + "\n".join(rows))
     print(f"evaluation (best of 2): {with_cache:.1f}s with the base-image cache, {without:.1f}s without")
     print(f"sampling: {ips:.2f} images/s (20 DDIM steps, guidance 2); peak memory {peak:.0f} MiB")
     print(json.dumps({"step_speedup_min": round(min(ratios.values()), 3), "step_speedup": {k: round(v, 3) for k, v in ratios.items()},
                       "eval_cache_ratio": round(with_cache / without, 3), "sampling_images_per_s": round(ips, 3),
-                      "peak_memory_mib": round(peak), "model": args.model, "quick": args.quick}))
+                      "peak_memory_mib": round(peak), "model": args.model, "quick": args.quick, "device": str(device)}))
 
 
 if __name__ == "__main__":
