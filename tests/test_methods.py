@@ -128,3 +128,23 @@ def test_the_loop_names_no_method():
 
     source = (Path(uk.__file__).parent / "train.py").read_text()
     assert not re.search(r'"(ga|esd|salun|sa|saddle|ovw)', source)
+
+
+@pytest.mark.parametrize("method", ["esd-x", "salun", "sa", "saddle", "ovw"])
+def test_lora_trains_adapters_only_and_starts_at_the_base(tiny_pipe, object_task, method):
+    before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    kw = dict(FAST, fisher_samples=2) if method == "sa" else FAST
+    full = uk.unlearn(tiny_pipe, object_task, method, **kw)
+    lora = uk.unlearn(tiny_pipe, object_task, method, params="lora", lora_rank=2, **kw)
+    # B starts at zero: the first step sees the base, exactly as a full-weight run does
+    assert lora.history[0]["loss"] == pytest.approx(full.history[0]["loss"], rel=1e-6)
+    unet = lora.pipeline.unet
+    assert {n for n, _ in unet.named_parameters()} == set(before)  # fused: the base's architecture and keys
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(before[n], p)}
+    target = "attn2" if method == "esd-x" else "attn"
+    assert changed and all(target in n and n.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v", "0") for n in changed)
+    assert lora.lora and all("lora_A" in k or "lora_B" in k for k in lora.lora)
+    assert lora.lora_config.r == 2
+    assert all(torch.equal(before[n], p) for n, p in tiny_pipe.unet.named_parameters())  # the base untouched
+    if method == "salun":  # the saliency mask is over the LoRA parameters
+        assert lora.state["mask"] and all("lora_" in n for n in lora.state["mask"])

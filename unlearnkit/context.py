@@ -79,8 +79,9 @@ class StepContext:
                  alphas_cumprod, prediction_type, fingerprint, cache_dir):
         self.pipe, self.task, self.config, self.accelerator = pipe, task, cfg, accelerator
         self.device = accelerator.device
-        self.unet, self.base_unet = unet, base_unet  # the trained UNet (wrapped by accelerate) and the frozen base
+        self.unet = unet  # the trained UNet (wrapped by accelerate)
         self.raw_unet = accelerator.unwrap_model(unet)
+        self.base_unet = base_unet  # the frozen base; None with LoRA: the trained UNet with its adapters off
         self.trainable = trainable  # [(name, parameter)] that train
         self.params = [p for _, p in trainable]
         self.num_timesteps, self.alphas_cumprod, self.prediction_type = num_timesteps, alphas_cumprod, prediction_type
@@ -129,7 +130,13 @@ class StepContext:
     def base(self, x, t, e) -> torch.Tensor:
         """The frozen base UNet's output now, without gradients (float32)."""
         with torch.no_grad(), self.accelerator.autocast():
-            return self.base_unet(x, t, e).sample.float()
+            if self.base_unet is not None:
+                return self.base_unet(x, t, e).sample.float()
+            self.raw_unet.disable_adapters()  # LoRA: one UNet in memory, the base is it without its adapters
+            try:
+                return self.raw_unet(x, t, e).sample.float()
+            finally:
+                self.raw_unet.enable_adapters()
 
     def train(self, x, t, e) -> tuple[str, int]:
         """Queue an input for this step's pass of the trained UNet; its output is `out[handle]`."""

@@ -19,7 +19,7 @@ from .io import atomic_write
 from .methods import canonical, make_config
 from .catalog import get_task
 from .tasks import Task
-from .train import UnlearnResult, unlearn
+from .train import UnlearnResult, lora_config, unlearn
 
 # the methods of the paper's figures and table, in column order, with their display names
 FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddle", "ovw": "OVW",
@@ -109,10 +109,14 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
         unet.to(next(pipe.unet.parameters()).device).eval().requires_grad_(False)
         info = json.loads(meta.read_text())
         unlearned = type(pipe)(**{**pipe.components, "unet": unet})
+        lora = load_file(str(folder / "lora.safetensors")) if (folder / "lora.safetensors").exists() else None
         return UnlearnResult(pipeline=unlearned, history=info["history"], method=name, config=cfg,
-                             seconds=info["seconds"])
+                             seconds=info["seconds"], lora=lora, lora_config=lora_config(cfg) if lora else None)
     result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, **settings)
     state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
+    if result.lora is not None:  # written before the weights: a folder with weights and run.json is complete
+        lora = {k: v.detach().cpu().contiguous() for k, v in result.lora.items()}
+        atomic_write(folder / "lora.safetensors", lambda tmp: save_file(lora, tmp))
     atomic_write(weights, lambda tmp: save_file(state, tmp))
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
         {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history})))

@@ -22,7 +22,7 @@ from .backbone import encode_images, encode_prompts, pipeline_device, training_s
 from .context import StepContext
 from .data import pipeline_fingerprint, training_data
 from .io import atomic_save, load_checkpoint
-from .methods import canonical, make_method
+from .methods import LORA_TARGETS, canonical, make_method
 from .models import resolve_device
 
 
@@ -34,18 +34,30 @@ class UnlearnResult:
     config: object = None
     seconds: float = 0.0  # wall time of the training loop (data generation, masks and Fisher excluded)
     state: dict = field(default_factory=dict)  # what the method computed: SalUn's mask, SA's Fisher, Saddle's τ, μ
+    lora: dict | None = None  # params="lora": the adapter's weights (peft's state dict); `pipeline` has them fused
+    lora_config: object = None  # params="lora": its peft LoraConfig
+
+
+def lora_config(cfg):
+    """The peft LoraConfig of a params="lora" run: rank r, alpha r, on the attention projections `lora_targets`."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=LORA_TARGETS[cfg.lora_targets])
 
 
 def select_params(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) pairs that train: 'full', 'xattn' (attn2 only, ESD-x) or 'non-xattn' (ESD-u)."""
+    """(name, parameter) pairs that train: 'full', 'xattn' (attn2 only, ESD-x), 'non-xattn' (ESD-u) or 'lora'
+    (the adapters' weights; the UNet must have them)."""
     named = list(unet.named_parameters())
+    if which == "lora":
+        return [(n, p) for n, p in named if "lora_" in n]
     if which == "full":
         return named
     if which == "xattn":
         return [(n, p) for n, p in named if "attn2" in n]
     if which == "non-xattn":
         return [(n, p) for n, p in named if "attn2" not in n]
-    raise ValueError(f"unknown params {which!r}; choose full, xattn or non-xattn")
+    raise ValueError(f"unknown params {which!r}; choose full, xattn, non-xattn or lora")
 
 
 def _on(pipe, device: torch.device):
@@ -99,6 +111,9 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     # the model being unlearned: a copy of the base UNet; the base stays frozen for targets
     base_unet = pipe.unet.eval()
     unet = copy.deepcopy(base_unet).train()
+    if cfg.params == "lora":  # adapters on a copy; the frozen base's passes run it with the adapters off
+        unet.add_adapter(lora_config(cfg))
+        base_unet = None
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     trainable = select_params(unet, cfg.params)
@@ -181,9 +196,15 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
                          "method_state": {k: method.state[k] for k in method.resume_keys}}, ckpt_path)
     bar.close()
 
-    # the unlearned pipeline: the base's parts with the new UNet
-    raw_unet = ctx.raw_unet.eval().requires_grad_(False)
+    # the unlearned pipeline: the base's parts with the new UNet (LoRA fused into its weights, the adapter kept apart)
+    seconds, raw_unet, lora = time.time() - start, ctx.raw_unet.eval().requires_grad_(False), None
+    if cfg.params == "lora":
+        from peft import get_peft_model_state_dict
+
+        lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(raw_unet).items()}
+        raw_unet.fuse_lora()
+        raw_unet.unload_lora()
     unlearned = type(pipe)(**{**pipe.components, "unet": raw_unet})
     unlearned.set_progress_bar_config(disable=True)
-    return UnlearnResult(pipeline=unlearned, history=history, method=name, config=cfg,
-                         seconds=time.time() - start, state=method.state)
+    return UnlearnResult(pipeline=unlearned, history=history, method=name, config=cfg, seconds=seconds,
+                         state=method.state, lora=lora, lora_config=lora_config(cfg) if lora is not None else None)

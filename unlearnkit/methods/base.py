@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-PARAM_SETS = ("full", "xattn", "non-xattn")  # which UNet parameters train: all, cross-attention only, all but it
+PARAM_SETS = ("full", "xattn", "non-xattn", "lora")  # what trains: all, cross-attention only, all but it, LoRA adapters
+# LoRA adapters go on the attention projections of: both attentions, the self-attention only, the cross-attention only
+LORA_TARGETS = {"attn": r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)", "attn1": r".*attn1\.(to_q|to_k|to_v|to_out\.0)",
+                "attn2": r".*attn2\.(to_q|to_k|to_v|to_out\.0)"}
 
 
 @dataclass
@@ -33,6 +36,8 @@ class UnlearnConfig:
     lr: float = 1e-4  # Adam learning rate
     batch_size: int = 8  # forget (and retain) examples per step
     params: str = "full"  # one of PARAM_SETS
+    lora_rank: int = 4  # with params="lora": the adapters' rank r (lora_alpha = r, so their scale is 1)
+    lora_targets: str = "attn"  # with params="lora": one of LORA_TARGETS (esd-x: attn2, esd-u: attn1)
     help_weight: float = 0.0  # λ_help on L_help (METHODS.md); 0 keeps a baseline as published
     help_uncond_weight: float = 1.0  # β_∅: weight of the unconditional branch inside L_help
     grad_accum: int = 1  # gradient accumulation steps per optimiser step
@@ -56,6 +61,10 @@ class UnlearnConfig:
             raise ValueError("help_weight and help_uncond_weight must be >= 0")
         if self.params not in PARAM_SETS:
             raise ValueError(f"unknown params {self.params!r}; choose one of: {', '.join(PARAM_SETS)}")
+        if self.lora_rank <= 0:
+            raise ValueError(f"lora_rank must be > 0, got {self.lora_rank}")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"unknown lora_targets {self.lora_targets!r}; choose one of: {', '.join(LORA_TARGETS)}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; choose auto, no or bf16")
         if self.checkpoint_every < 0:

@@ -19,7 +19,8 @@ class ESDConfig(UnlearnConfig):
     """Erased Stable Diffusion (Gandikota et al. 2023). SD: η=1, lr 1e-5, 1000 steps, batch 1."""
 
     lr: float = 3e-4  # measured on the embedded object task: 1e-4 left forget rate 0.5, 3e-4 brings it to 0
-    params: str = "xattn"  # esd-x: cross-attention only; esd-u: 'non-xattn'
+    params: str = "xattn"  # esd-x: cross-attention only; esd-u: 'non-xattn'; or 'lora' (adapters on lora_targets)
+    lora_targets: str = "attn2"  # with params="lora": esd-x's adapters on the cross-attention (esd-u: attn1)
     eta: float = 1.0  # negative guidance strength η
     x_t: str = "data"  # 'data': noise the base images x_f (cheaper); 'sample': partial DDIM sampling with c_f
 
@@ -29,8 +30,8 @@ class ESDConfig(UnlearnConfig):
             raise ValueError(f"unknown x_t {self.x_t!r}; choose 'data' or 'sample'")
 
 
-@register_method("esd-u", params="non-xattn")
-@register_method("esd-x", params="xattn")
+@register_method("esd-u", params="non-xattn", lora_targets="attn1")
+@register_method("esd-x", params="xattn", lora_targets="attn2")
 class ESD(Method):
     config_class = ESDConfig
 
