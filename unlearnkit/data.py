@@ -41,7 +41,7 @@ def sample_key(fingerprint: str, prompts, seeds, steps: int, guidance_scale: flo
 
 
 def cached_sample_pairs(pipe, prompts, seeds, steps: int, guidance_scale: float, cache_dir=None,
-                        fingerprint: str | None = None, progress: bool | None = None, batch_size: int = 64
+                        fingerprint: str | None = None, progress: bool | None = None, batch_size: int | None = None
                         ) -> torch.Tensor:
     """`sample_pairs` through the disk cache: [N,3,H,W] float32 in [0,1], bit-identical to a fresh sample.
 

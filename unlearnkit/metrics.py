@@ -162,7 +162,7 @@ def _pairs(prompts, seeds):
 def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
-             lpips: LPIPSDistance | None = None, clip=None, batch_size: int = 64,
+             lpips: LPIPSDistance | None = None, clip=None, batch_size: int | None = None,
              progress: bool | None = None) -> dict:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from .backbone import decode_latents, encode_prompts, pipeline_device, sample_shape
+from .backbone import auto_batch_size, decode_latents, encode_prompts, pipeline_device, sample_shape
 
 DEFAULT_STEPS = 20  # DDIM steps
 DEFAULT_GUIDANCE = 2.0  # classifier-free guidance for the embedded model: measured best of 1.5, 2, 3, 5 (README)
@@ -39,11 +39,12 @@ def _check(prompts, seeds, steps, guidance_scale):
 
 @torch.no_grad()
 def sample_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = DEFAULT_STEPS,
-                 guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, progress: bool | None = None
+                 guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int | None = None, progress: bool | None = None
                  ) -> torch.Tensor:
     """Images for aligned (prompt, seed) pairs: [N,3,H,W] float32 in [0,1] on the CPU, in the given order.
 
-    DDIM (eta=0, deterministic) with the pipeline's noise schedule and classifier-free guidance.
+    DDIM (eta=0, deterministic) with the pipeline's noise schedule and classifier-free guidance. `batch_size`
+    (default: `auto_batch_size`, from the device) changes the speed only, never an image.
     """
     _check(prompts, seeds, steps, guidance_scale)
     if len(prompts) != len(seeds):
@@ -60,6 +61,7 @@ def sample_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int 
     row = {p: i for i, p in enumerate(unique)}
     uncond = table[-1:]
     out = []
+    batch_size = batch_size or auto_batch_size(pipe)
     batches = list(range(0, len(prompts), batch_size))
     # under `accelerate launch`, each process samples every n-th batch; the batches are the single-process
     # ones, so the gathered result is bit-identical to a one-process run
@@ -101,7 +103,7 @@ def _state():
 
 
 def sample(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int = DEFAULT_STEPS,
-           guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, progress: bool | None = None
+           guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int | None = None, progress: bool | None = None
            ) -> torch.Tensor:
     """One image per (prompt, seed), prompt-major: [len(prompts)*len(seeds), 3, H, W] float32 in [0,1] (CPU).
 
