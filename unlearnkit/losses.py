@@ -138,3 +138,21 @@ def saddle_dual_step(mu: float | torch.Tensor, tau: float, forget_loss: float | 
     if isinstance(mu, torch.Tensor):
         return torch.clamp(mu + mu_lr * (tau - torch.as_tensor(forget_loss).detach().to(mu)), min=0.0)
     return max(0.0, mu + mu_lr * (tau - float(forget_loss)))
+
+
+def constrained_lagrangian(objective: torch.Tensor, violation: torch.Tensor, mu: float | torch.Tensor,
+                           weight: float = 1.0) -> torch.Tensor:
+    """L(θ, μ) = w·f(θ) + μ·g(θ) for min_θ f(θ) s.t. g(θ) ≤ 0 (Lagrangian relaxation; μ ≥ 0 a constant here).
+
+    Saddle's constraint forms (unlearnkit's reformulations): g = L_ovw − τ (the overwrite reached) or
+    g = L_ESD − τ (ESD's regression reached), f = L_help."""
+    if isinstance(mu, torch.Tensor):
+        mu = mu.detach().to(violation.dtype)
+    return weight * objective + mu * violation
+
+
+def dual_ascent(mu: float | torch.Tensor, violation: float | torch.Tensor, mu_lr: float) -> float | torch.Tensor:
+    """Projected ascent on the multiplier of g ≤ 0: μ ← max(0, μ + η_μ·g). A float, or a 0-dim tensor like μ."""
+    if isinstance(mu, torch.Tensor):
+        return torch.clamp(mu + mu_lr * torch.as_tensor(violation).detach().to(mu), min=0.0)
+    return max(0.0, mu + mu_lr * float(violation))

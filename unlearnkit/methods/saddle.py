@@ -1,10 +1,15 @@
 """Saddle, the paper's constrained method (as formulated in unlearnkit: the paper's body is not available).
 
-    min_θ max_{μ≥0}  L(θ, μ) = λ_help·L_help(θ) + μ·(τ − L_F(θ))                      (METHODS.md, `saddle`)
-    μ ← max(0, μ + η_μ(τ − L_F(θ)))                                                   (projected ascent)
+Stay at the base on retain data (L_help) subject to a forgetting constraint g(θ) ≤ 0, solved as a saddle point:
 
-L_F is the denoising loss on the forget data and τ = tau_mult × the base model's L_F: the model stays close to
-the base on retain data (L_help) while its forget loss is pushed above the bound τ.
+    min_θ max_{μ≥0}  L(θ, μ) = λ_help·L_help(θ) + μ·g(θ),      μ ← max(0, μ + η_μ·g(θ))   (projected ascent)
+
+`constraint` picks g (τ is `tau_mult` × the constraint's loss on the base model, measured before training):
+- "forget-loss" (METHODS.md): g = τ − L_F, L_F = L_simple on the forget data: push the denoising loss up to τ
+  (tau_mult > 1). Measured: it does not remove a style (the loss rises, the style stays; docs/RESULTS.md).
+- "overwrite": g = L_ovw − τ, L_ovw = ‖ε_θ(x_t, c_f) − sg[ε_θ0(x_t, c_a)]‖² (OVW's term): the forget prompt must
+  predict what the base predicts for the anchor, to within τ (tau_mult < 1).
+- "esd": g = L_ESD − τ, L_ESD = ESD's regression onto the negatively guided target (η = 1), to within τ.
 """
 
 from __future__ import annotations
@@ -23,9 +28,20 @@ class SaddleConfig(UnlearnConfig):
 
     lr: float = 1e-4
     help_weight: float = 1.0
-    tau_mult: float = 2.0  # τ = tau_mult × the base model's forget loss L_F
+    constraint: str = "forget-loss"  # g(θ) ≤ 0: 'forget-loss' (L_F ≥ τ), 'overwrite' (L_ovw ≤ τ), 'esd' (L_ESD ≤ τ)
+    tau_mult: float = 2.0  # τ = tau_mult × the constraint's loss on the base (> 1 for forget-loss, < 1 for the others)
     mu_lr: float = 2.0  # η_μ: step size of the projected ascent on μ
     mu_init: float = 1.0  # starting multiplier
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"unknown constraint {self.constraint!r}; choose one of: {', '.join(CONSTRAINTS)}")
+        if self.tau_mult <= 0:
+            raise ValueError(f"tau_mult must be > 0, got {self.tau_mult}")
+
+
+CONSTRAINTS = ("forget-loss", "overwrite", "esd")
 
 
 @register_method("saddle")
@@ -34,30 +50,61 @@ class Saddle(Method):
     adds_help = False  # L_help is inside the Lagrangian
     resume_keys = ("mu",)
 
+    @property
+    def needs_anchors(self):
+        return self.config.constraint == "overwrite"
+
     def prepare(self, ctx):
-        # τ: a multiple of the base model's L_F on 8 forget batches drawn from their own generator
+        # τ: a multiple of the base model's constraint loss on 8 forget batches drawn from their own generator
         g = torch.Generator("cpu").manual_seed(self.config.seed + 10_000)
         vals = []
         for _ in range(8):
             b = ctx.draw("forget", generator=g)
-            vals.append(losses.simple_loss(ctx.base(b.x_t, b.t, ctx.e_f[b.idx]), b.target).item())
+            vals.append(self._constraint_loss(ctx, b, ctx.base(b.x_t, b.t, ctx.e_f[b.idx])).item())
         self.state = {"tau": self.config.tau_mult * sum(vals) / len(vals),
                       "mu": torch.tensor(float(self.config.mu_init), dtype=torch.float64, device=ctx.device)}
 
+    def _constraint_loss(self, ctx, b, pred, targets=None):
+        # the loss the constraint bounds, for predictions `pred` on the forget batch b
+        if self.config.constraint == "forget-loss":
+            return losses.simple_loss(pred, b.target)
+        anchor, cond, uncond = targets or (None, None, None)
+        if self.config.constraint == "overwrite":
+            anchor = anchor if anchor is not None else ctx.base(b.x_t, b.t, ctx.e_a[b.idx])
+            return losses.regression_loss(pred, anchor)
+        if cond is None:
+            cond, uncond = ctx.base(b.x_t, b.t, ctx.e_f[b.idx]), ctx.base(b.x_t, b.t, ctx.null(len(b.idx)))
+        return losses.regression_loss(pred, losses.esd_target(uncond, cond, 1.0))
+
     def step(self, ctx, forget):
         pred = ctx.train(forget.x_t, forget.t, ctx.e_f[forget.idx])
+        queued = None
+        if self.config.constraint == "overwrite":
+            queued = (ctx.frozen(forget.x_t, forget.t, ctx.e_a[forget.idx]), None, None)
+        elif self.config.constraint == "esd":
+            queued = (None, ctx.frozen(forget.x_t, forget.t, ctx.e_f[forget.idx]),
+                      ctx.frozen(forget.x_t, forget.t, ctx.null(len(forget.idx))))
 
         def loss(out):
-            forget_loss = losses.simple_loss(out[pred], forget.target)
             help_term = out.help if out.help is not None else torch.zeros((), device=ctx.device)
-            lagrangian = losses.saddle_lagrangian(help_term, forget_loss, self.state["mu"], self.state["tau"],
-                                                  self.config.help_weight)
-            return lagrangian, {"forget_loss": forget_loss}
+            targets = queued and tuple(out[h] if h is not None else None for h in queued)
+            value = self._constraint_loss(ctx, forget, out[pred], targets)
+            if self.config.constraint == "forget-loss":  # g = τ − L_F (the form of METHODS.md)
+                lagrangian = losses.saddle_lagrangian(help_term, value, self.state["mu"], self.state["tau"],
+                                                      self.config.help_weight)
+                return lagrangian, {"forget_loss": value}
+            violation = value - self.state["tau"]  # g = L − τ
+            lagrangian = losses.constrained_lagrangian(help_term, violation, self.state["mu"], self.config.help_weight)
+            return lagrangian, {"constraint_loss": value}
 
         return loss
 
     def after_step(self, log):
         # projected ascent on μ, on the device (no host sync)
         log["mu"], log["tau"] = self.state["mu"], self.state["tau"]
-        self.state["mu"] = losses.saddle_dual_step(self.state["mu"], self.state["tau"], log["forget_loss"],
-                                                   self.config.mu_lr)
+        if self.config.constraint == "forget-loss":
+            self.state["mu"] = losses.saddle_dual_step(self.state["mu"], self.state["tau"], log["forget_loss"],
+                                                       self.config.mu_lr)
+        else:
+            self.state["mu"] = losses.dual_ascent(self.state["mu"], log["constraint_loss"] - self.state["tau"],
+                                                  self.config.mu_lr)
