@@ -6,6 +6,7 @@ on an embedded world that runs on a CPU, and on Stable Diffusion with the same c
 
 from . import methods, world
 from .classifier import load_classifier
+from .export import export
 from .metrics import evaluate, results_table
 from .models import load_base, load_pipeline
 from .sampling import sample
@@ -16,4 +17,4 @@ from .train import unlearn
 
 __version__ = "0.1.0"
 __all__ = ["world", "methods", "register_method", "Task", "get_task", "load_base", "load_pipeline", "load_classifier", "sample", "unlearn",
-           "evaluate", "results_table"]
+           "evaluate", "results_table", "export"]

@@ -1,4 +1,4 @@
-"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | reproduce` (also `python -m unlearnkit`).
+"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | export | reproduce` (also `python -m unlearnkit`).
 
 Every subcommand calls the same functions the notebooks call. Bad input prints one line naming
 the input and the fix, and exits 2.
@@ -32,10 +32,13 @@ def _override(text: str):
         return key, value
 
 
-def _load(path: str | None, device: str):
+def _load(path: str | None, device: str, config: str | None = None):
     from .models import load_base, load_pipeline
 
-    return load_base(device=device) if path in (None, "base") else load_pipeline(path, device=device)
+    if path in (None, "base"):
+        return load_base(device=device)
+    # --config belongs to single-file checkpoints; a folder or hub id carries its own
+    return load_pipeline(path, config=config if Path(path).is_file() else None, device=device)
 
 
 def _task(args):
@@ -61,7 +64,7 @@ def cmd_sample(args):
 
     from .sampling import sample
 
-    pipe = _load(args.model, args.device)
+    pipe = _load(args.model, args.device, args.config)
     images = sample(pipe, args.prompt, _seeds(args.seeds), steps=args.steps, guidance_scale=args.guidance,
                     progress=not args.json)
     save_image(images, args.out, nrow=len(_seeds(args.seeds)), padding=1)
@@ -75,7 +78,7 @@ def cmd_unlearn(args):
     overrides = dict(_override(s) for s in args.set)
     make_config(args.method, **overrides)  # a bad method or field fails before any model loads
     task = _task(args)
-    pipe = _load(args.model, args.device)
+    pipe = _load(args.model, args.device, args.config)
     result = unlearn(pipe, task, args.method, out_dir=args.out, progress=not args.json, **overrides)
     from .backbone import is_latent
 
@@ -83,9 +86,14 @@ def cmd_unlearn(args):
     if is_latent(result.pipeline):
         from .models import save_unlearned_unet
 
-        save_unlearned_unet(result.pipeline, target, base=args.model)
+        save_unlearned_unet(result.pipeline, target, base=args.model,
+                            config=args.config if Path(args.model).is_file() else None)
     else:
         result.pipeline.save_pretrained(target)
+    if getattr(result, "lora", None) is not None:  # a LoRA run keeps its adapter for `unlearnkit export`
+        from .export import export
+
+        export(result, Path(args.out) / "lora", format="lora")
     (Path(args.out) / "history.json").write_text(json.dumps(result.history))
     return {"method": result.method, "pipeline": str(target), "seconds": round(result.seconds, 2),
             "final_loss": result.history[-1]["loss"]}
@@ -94,12 +102,31 @@ def cmd_unlearn(args):
 def cmd_evaluate(args):
     from .metrics import evaluate
 
-    base = _load(args.base, args.device)
-    unlearned = _load(args.model, args.device)
+    base = _load(args.base, args.device, args.config)
+    unlearned = _load(args.model, args.device, args.config)
     result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
                       guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
                       progress=not args.json)
     return result
+
+
+def cmd_export(args):
+    from types import SimpleNamespace
+
+    from .export import LORA_WEIGHT_NAME, export, read_lora
+
+    source = Path(args.source)
+    run = (source / "pipeline").is_dir()  # a run folder written by `unlearnkit unlearn --out`
+    if args.format == "diffusers":
+        model = _load(str(source / "pipeline") if run else args.source, args.device, args.config)
+    else:  # the LoRA formats need only the adapter: RUN/lora, or a LoRA folder itself
+        if not source.exists():
+            raise ValueError(f"{args.source!r} does not exist; pass a run folder (unlearnkit unlearn --out) or a "
+                             "LoRA folder")
+        folder = source / "lora" if run else source
+        lora, lora_config = read_lora(folder) if (folder / LORA_WEIGHT_NAME).exists() else (None, None)
+        model = SimpleNamespace(pipeline=None, lora=lora, lora_config=lora_config)
+    return {"format": args.format, "out": str(export(model, args.out, format=args.format))}
 
 
 def cmd_reproduce(args):
@@ -115,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu or cuda")
         sp.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    def config_arg(sp):
+        sp.add_argument("--config", default=None, metavar="FOLDER",
+                        help="for a single-file checkpoint (.safetensors / .ckpt): a diffusers folder of the same "
+                             "architecture (a saved pipeline or a downloaded model's folder) to read its configs from")
 
     def task_args(sp):
         sp.add_argument("--task", default="object", help="built-in task: object, style, sd-vangogh, sd-cat")
@@ -137,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=20, help="DDIM steps")
     sp.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     sp.add_argument("--out", default="samples.png", help="output PNG")
+    config_arg(sp)
     common(sp)
     sp.set_defaults(func=cmd_sample)
 
@@ -146,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
     sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="config overrides, e.g. --set steps=200 --set help_weight=1")
+    config_arg(sp)
     task_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_unlearn)
@@ -158,9 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale")
     sp.add_argument("--lpips-net", default="stlpips", help="stlpips (offline) or lpips-alex")
     sp.add_argument("--max-retain", type=int, default=None, help="evaluate the first N retain prompts")
+    config_arg(sp)
     task_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("export", help="write a run or pipeline as a diffusers folder, a LoRA or a kohya LoRA file")
+    sp.add_argument("source", help="a run folder (unlearnkit unlearn --out), a pipeline folder, a single-file "
+                                   "checkpoint (with --config) or, for the LoRA formats, a LoRA folder")
+    sp.add_argument("--out", required=True, help="a folder (diffusers, lora) or a .safetensors file (kohya)")
+    sp.add_argument("--format", default="diffusers", choices=["diffusers", "lora", "kohya"],
+                    help="diffusers: the whole pipeline; lora: pytorch_lora_weights.safetensors for "
+                         "load_lora_weights; kohya: one file for AUTOMATIC1111 / ComfyUI")
+    config_arg(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("reproduce", help="run every notebook through papermill and write figures/")
     sp.add_argument("--profile", default="cpu", help="smoke (seconds), cpu (the embedded reproduction) or gpu")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from . import world
@@ -25,6 +26,7 @@ VOCAB = (*SPECIALS, *world.GRAMMAR_WORDS, *world.OBJECTS, *world.COLOURS, *world
 MAX_TOKENS = 8  # [BOS] a red circle , striped style [EOS]
 BASE_DIR = Path(__file__).parent / "assets" / "base"
 UNET_MARKER = "unlearnkit_unet.json"  # a folder holding only an unlearned UNet and the id of its base
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # one-file checkpoints in the original CompVis / A1111 layout
 
 # model sizes: "base" is the shipped model, "tiny" is for fast tests
 UNET_CONFIGS = {
@@ -53,8 +55,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-class UnlearnkitPipeline(DiffusionPipeline):
-    """The embedded text-to-image model: pixel-space UNet + CLIP text encoder + word tokenizer + DDIM."""
+class UnlearnkitPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """The embedded text-to-image model: pixel-space UNet + CLIP text encoder + word tokenizer + DDIM.
+
+    Like Stable Diffusion's pipeline it takes LoRAs: `pipe.load_lora_weights(folder)` (diffusers' LoRA loader).
+    """
 
     model_cpu_offload_seq = "text_encoder->unet"
 
@@ -129,43 +134,82 @@ def _resolve(device, dtype):
     return device, dtype or torch.float32
 
 
-def load_pipeline(path_or_id: str | os.PathLike, device="auto", dtype=None):
-    """Load a saved pipeline: the embedded model, a Stable Diffusion folder or hub id, or an unlearned SD UNet.
+def load_pipeline(path_or_id: str | os.PathLike, config: str | os.PathLike | None = None, device="auto", dtype=None):
+    """Load a saved pipeline: the embedded model, a Stable Diffusion folder or hub id, an unlearned SD UNet, or a
+    single-file checkpoint (.safetensors / .ckpt, original CompVis / A1111 layout) with `config`.
 
+    `config`: for a single-file checkpoint only, a local diffusers folder of the same architecture (a saved pipeline
+    or a downloaded model's folder) whose configs and tokenizer are read; nothing is downloaded.
     Returns the pipeline on `device` (default: cuda if available, else cpu) in `dtype` (default float32).
     """
     device, dtype = _resolve(device, dtype)
     path = Path(path_or_id)
-    if path.exists():
-        if not path.is_dir():
-            raise ValueError(f"{str(path)!r} is a file; load_pipeline takes a pipeline folder (with model_index.json)")
-        index = path / "model_index.json"
-        unet_only = path / UNET_MARKER
-        if unet_only.exists():
-            return load_unlearned_unet(path, device=device, dtype=dtype)
-        if not index.exists():
-            raise ValueError(
-                f"{str(path)!r} has no model_index.json: it is not a saved pipeline; save one with "
-                "pipe.save_pretrained(folder) or pass a Stable Diffusion folder / hub id"
-            )
-        try:
-            class_name = json.loads(index.read_text())["_class_name"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{str(index)!r} is corrupt ({e}); re-save the pipeline") from e
-        cls = UnlearnkitPipeline if class_name == "UnlearnkitPipeline" else DiffusionPipeline
+    if path.exists() and not path.is_dir():
+        pipe = _load_single_file(path, config, dtype)
     else:
-        cls = DiffusionPipeline
-    try:
-        pipe = cls.from_pretrained(str(path_or_id), dtype=dtype)
-    except (OSError, EnvironmentError) as e:
-        raise ValueError(
-            f"could not load a pipeline from {str(path_or_id)!r}: {e}. Pass a saved pipeline folder, or a hub id "
-            "whose weights are in the local Hugging Face cache"
-        ) from e
+        if config is not None:
+            raise ValueError(f"config is for single-file checkpoints; {str(path_or_id)!r} is not a file (a pipeline "
+                             "folder or hub id carries its own configs): drop config")
+        if path.exists():
+            index = path / "model_index.json"
+            unet_only = path / UNET_MARKER
+            if unet_only.exists():
+                return load_unlearned_unet(path, device=device, dtype=dtype)
+            if not index.exists():
+                raise ValueError(
+                    f"{str(path)!r} has no model_index.json: it is not a saved pipeline; save one with "
+                    "pipe.save_pretrained(folder) or pass a Stable Diffusion folder / hub id"
+                )
+            cls = UnlearnkitPipeline if _class_name(index) == "UnlearnkitPipeline" else DiffusionPipeline
+        else:
+            cls = DiffusionPipeline
+        try:
+            pipe = cls.from_pretrained(str(path_or_id), dtype=dtype)
+        except (OSError, EnvironmentError) as e:
+            raise ValueError(
+                f"could not load a pipeline from {str(path_or_id)!r}: {e}. Pass a saved pipeline folder, or a hub id "
+                "whose weights are in the local Hugging Face cache"
+            ) from e
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # the kit compares images; a blacked-out image would corrupt the metric
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _class_name(index: Path) -> str:
+    try:
+        return json.loads(index.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{str(index)!r} is corrupt ({e}); re-save the pipeline") from e
+
+
+def _load_single_file(path: Path, config, dtype):
+    """A pipeline from one checkpoint file with the configs and tokenizer of the diffusers folder `config`, offline."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"{str(path)!r} is a file; load_pipeline takes a pipeline folder (with model_index.json) "
+                         f"or a single-file checkpoint ({' / '.join(SINGLE_FILE_SUFFIXES)})")
+    if config is None:
+        raise ValueError(f"{str(path)!r} is a single-file checkpoint; pass config=<a diffusers folder with the same "
+                         "architecture, e.g. a saved pipeline or a downloaded model's folder> to read its configs from")
+    index = Path(config) / "model_index.json"
+    if not index.exists():
+        raise ValueError(f"config {str(config)!r} is not a diffusers folder (no model_index.json); pass a saved "
+                         "pipeline or a downloaded model's folder with the checkpoint's architecture")
+    name = _class_name(index)
+    cls = getattr(diffusers, name, None)
+    if not hasattr(cls, "from_single_file"):
+        raise ValueError(f"config {str(config)!r} is a {name}, which has no single-file format; pass the folder of "
+                         "a Stable Diffusion model with the checkpoint's architecture")
+    try:
+        return cls.from_single_file(str(path), config=str(config), local_files_only=True, dtype=dtype)
+    except (SingleFileComponentError, OSError, ValueError, KeyError, RuntimeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # diffusers' first line
+        raise ValueError(f"could not load the single-file checkpoint {str(path)!r} with the configs of "
+                         f"{str(config)!r}: {why} The file must be a {name} checkpoint in the original (CompVis / "
+                         "A1111) layout and config a folder of the same architecture") from e
 
 
 def load_base(device="auto", dtype=None) -> UnlearnkitPipeline:
@@ -178,11 +222,12 @@ def load_base(device="auto", dtype=None) -> UnlearnkitPipeline:
     return load_pipeline(BASE_DIR, device=device, dtype=dtype)
 
 
-def save_unlearned_unet(pipe, folder: str | Path, base: str) -> Path:
-    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to."""
+def save_unlearned_unet(pipe, folder: str | Path, base: str, config: str | None = None) -> Path:
+    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to (and the
+    config folder a single-file base loads with)."""
     folder = Path(folder)
     pipe.unet.save_pretrained(folder / "unet")
-    (folder / UNET_MARKER).write_text(json.dumps({"base": str(base)}))
+    (folder / UNET_MARKER).write_text(json.dumps({"base": str(base), "config": config and str(config)}))
     return folder
 
 
@@ -190,10 +235,11 @@ def load_unlearned_unet(folder: str | Path, device="auto", dtype=None):
     """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place."""
     folder = Path(folder)
     try:
-        base = json.loads((folder / UNET_MARKER).read_text())["base"]
+        marker = json.loads((folder / UNET_MARKER).read_text())
+        base = marker["base"]
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"{folder / UNET_MARKER} is corrupt ({e}); re-save the unlearned model") from e
-    pipe = load_pipeline(base, device=device, dtype=dtype)
+    pipe = load_pipeline(base, config=marker.get("config"), device=device, dtype=dtype)
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype or torch.float32)
     arch = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
     if arch(unet.config) != arch(pipe.unet.config):

@@ -1,0 +1,149 @@
+"""Export an unlearned model for use elsewhere: a diffusers folder, a diffusers LoRA, or a kohya LoRA file.
+
+"diffusers" writes the whole pipeline (`StableDiffusionPipeline.from_pretrained` or `unlearnkit.load_pipeline`
+opens it); "lora" writes `pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(folder)` puts on the
+base model; "kohya" writes one `.safetensors` file in the kohya layout that AUTOMATIC1111 and ComfyUI load.
+The LoRA formats come from a LoRA run's adapter (`result.lora`: peft's `get_peft_model_state_dict` of the trained
+UNet; `result.lora_config`: its `peft.LoraConfig`), converted by diffusers' own functions as its training scripts do.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .io import atomic_write
+
+FORMATS = ("diffusers", "lora", "kohya")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
+
+
+def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers") -> Path:
+    """Write an unlearned model to `path` in `format` ('diffusers', 'lora' or 'kohya'); returns the path written.
+
+    `result_or_pipeline`: an `UnlearnResult` (`.pipeline`; for the LoRA formats `.lora` and `.lora_config`) or a
+    pipeline. 'diffusers': `path` is a folder, written whole or not at all. 'lora': `path` is a folder that gets
+    `pytorch_lora_weights.safetensors`. 'kohya': `path` is a `.safetensors` file.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if format == "diffusers":
+        return save_diffusers(getattr(result_or_pipeline, "pipeline", result_or_pipeline), path)
+    lora, lora_config = getattr(result_or_pipeline, "lora", None), getattr(result_or_pipeline, "lora_config", None)
+    if lora is None:
+        raise ValueError(f"format {format!r} exports a LoRA, but this run trained full weights (it has no LoRA); "
+                         "use format='diffusers', or train with params='lora'")
+    if lora_config is None:
+        raise ValueError("the run's LoRA comes without its lora_config (the peft LoraConfig it was trained with), "
+                         "which fixes its rank and scale; pass a result that has both")
+    if format == "lora":
+        return save_lora(lora, lora_config, path)
+    return save_kohya(lora, lora_config, path)
+
+
+def save_diffusers(pipe, folder: Path) -> Path:
+    """`pipe.save_pretrained` into a temp folder beside `folder`, then swap it in: a crash leaves the old one whole."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; format 'diffusers' writes a folder: pass a folder path")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        _without_adapters(pipe).save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        # rename(2) replaces only an empty folder: move the old one aside, swap the new one in, delete the old one
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+def _without_adapters(pipe):
+    # a UNet that still carries LoRA layers would save them as extra keys no loader expects: fuse them into a copy
+    if not getattr(pipe.unet, "peft_config", None):
+        return pipe
+    unet = copy.deepcopy(pipe.unet)
+    unet.fuse_lora()
+    unet.unload_lora()
+    return type(pipe)(**{**pipe.components, "unet": unet})
+
+
+def save_lora(lora: dict[str, torch.Tensor], lora_config, folder: Path) -> Path:
+    """diffusers' LoRA file for the UNet adapter `lora` (peft format), with `lora_config` as its metadata.
+
+    The metadata carries rank and alpha, so `load_lora_weights` applies the LoRA at the scale it was trained with.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} is a file; format 'lora' writes a folder for load_lora_weights: "
+                         "pass a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as tmp:
+        StableDiffusionLoraLoaderMixin.save_lora_weights(
+            tmp, unet_lora_layers=convert_state_dict_to_diffusers(_cpu(lora)),
+            unet_lora_adapter_metadata=lora_config.to_dict(), weight_name=LORA_WEIGHT_NAME)
+        os.replace(Path(tmp) / LORA_WEIGHT_NAME, folder / LORA_WEIGHT_NAME)
+    return folder
+
+
+def save_kohya(lora: dict[str, torch.Tensor], lora_config, file: Path) -> Path:
+    """One kohya-format `.safetensors` file (`lora_unet_*.lora_down.weight`, `.lora_up.weight`, `.alpha`)."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    if file.suffix != ".safetensors":
+        raise ValueError(f"format 'kohya' writes one .safetensors file; pass a path ending in .safetensors, "
+                         f"got {str(file)!r}")
+    if lora_config.alpha_pattern:
+        raise ValueError("format 'kohya' takes one lora_alpha for all layers; this LoraConfig has an alpha_pattern")
+    kohya = convert_state_dict_to_kohya(StableDiffusionLoraLoaderMixin.pack_weights(_cpu(lora), "unet"))
+    # diffusers writes alpha = rank (scale 1); A1111 and ComfyUI scale a layer by alpha / rank, so write the alpha
+    # that gives peft's scale: lora_alpha / rank, or lora_alpha / sqrt(rank) with rsLoRA
+    for key in [k for k in kohya if k.endswith(".alpha")]:
+        rank = kohya[key.removesuffix(".alpha") + ".lora_down.weight"].shape[0]
+        scale = lora_config.lora_alpha / (math.sqrt(rank) if lora_config.use_rslora else rank)
+        kohya[key] = torch.tensor(scale * rank, dtype=torch.float32)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, lambda tmp: save_file(kohya, tmp, metadata={"format": "pt"}))
+    return file
+
+
+def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+
+
+def read_lora(folder: str | os.PathLike):
+    """(peft-format UNet state dict, LoraConfig) of a folder written by `export(..., format='lora')`."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_all_state_dict_to_peft
+    from peft import LoraConfig
+
+    folder = Path(folder)
+    if not (folder / LORA_WEIGHT_NAME).exists():
+        raise ValueError(f"{str(folder)!r} holds no {LORA_WEIGHT_NAME}; pass a folder written by export(..., "
+                         "format='lora')")
+    state_dict, _, metadata = StableDiffusionLoraLoaderMixin.lora_state_dict(
+        str(folder), weight_name=LORA_WEIGHT_NAME, return_lora_metadata=True)
+    # diffusers packs the UNet's weights and config under the prefix "unet."; load_lora_adapter strips it the same way
+    prefix = f"{StableDiffusionLoraLoaderMixin.unet_name}."
+    if not metadata:
+        raise ValueError(f"{str(folder / LORA_WEIGHT_NAME)!r} has no LoraConfig metadata (rank, alpha); re-export it "
+                         "with unlearnkit's export(..., format='lora')")
+    unet = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    config = {k.removeprefix(prefix): v for k, v in metadata.items() if k.startswith(prefix)}
+    return convert_all_state_dict_to_peft(unet), LoraConfig(**config)
