@@ -38,7 +38,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_cli_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "unlearnkit", "--help"], capture_output=True, text=True, check=True)
-    for sub in ("train-base", "sample", "unlearn", "evaluate", "reproduce"):
+    for sub in ("train-base", "sample", "unlearn", "evaluate", "export", "reproduce"):
         assert sub in out.stdout
 
 
