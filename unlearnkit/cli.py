@@ -1,4 +1,4 @@
-"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | export | reproduce` (also `python -m unlearnkit`).
+"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | attack | export | reproduce` (also `python -m unlearnkit`).
 
 Every subcommand calls the same functions the notebooks call. Bad input prints one line naming
 the input and the fix, and exits 2.
@@ -41,13 +41,21 @@ def _load(path: str | None, device: str, config: str | None = None):
     return load_pipeline(path, config=config if Path(path).is_file() else None, device=device)
 
 
-def _task(args):
+def _tasks(args) -> list:
+    """The task(s) named on the command line: one per --forget word, in order, or the built-in --task."""
     from .catalog import get_task
     from .world import task
 
     if args.forget:
-        return task(forget=args.forget, neighbour=args.neighbour)
-    return get_task(args.task)
+        return [task(forget=w, neighbour=args.neighbour if i == 0 else None) for i, w in enumerate(args.forget)]
+    return [get_task(args.task)]
+
+
+def _task(args):
+    tasks = _tasks(args)
+    if len(tasks) > 1:
+        raise ValueError(f"{args.command} takes one --forget word, got {len(tasks)}: {', '.join(args.forget)}")
+    return tasks[0]
 
 
 def cmd_train_base(args):
@@ -77,9 +85,20 @@ def cmd_unlearn(args):
 
     overrides = dict(_override(s) for s in args.set)
     make_config(args.method, **overrides)  # a bad method or field fails before any model loads
-    task = _task(args)
+    tasks = _tasks(args)
     pipe = _load(args.model, args.device, args.config)
-    result = unlearn(pipe, task, args.method, out_dir=args.out, progress=not args.json, **overrides)
+    if len(tasks) == 1:
+        result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, **overrides)
+    else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
+        from .sequence import stage_tasks
+
+        history = []
+        for i, task in enumerate(stage_tasks(tasks)):
+            result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
+                             progress=not args.json, **overrides)
+            pipe = result.pipeline
+            history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
+        result.history = history
     from .backbone import is_latent
 
     target = Path(args.out) / "pipeline"
@@ -96,7 +115,17 @@ def cmd_unlearn(args):
         export(result, Path(args.out) / "lora", format="lora")
     (Path(args.out) / "history.json").write_text(json.dumps(result.history))
     return {"method": result.method, "pipeline": str(target), "seconds": round(result.seconds, 2),
-            "final_loss": result.history[-1]["loss"]}
+            "final_loss": result.history[-1]["loss"], "forgot": [t.forget_concept or t.name for t in tasks]}
+
+
+def cmd_attack(args):
+    from .attacks import attack
+
+    unlearned = _load(args.model, args.device, args.config)
+    base = _load(args.base, args.device, args.config)
+    r = attack(unlearned, _task(args), steps=args.steps, base=base, seeds=_seeds(args.seeds),
+               sample_steps=args.sample_steps)
+    return {k: v for k, v in r.items() if k != "history"}
 
 
 def cmd_evaluate(args):
@@ -150,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def task_args(sp):
         sp.add_argument("--task", default="object", help="built-in task: object, style, sd-vangogh, sd-cat")
-        sp.add_argument("--forget", default=None, help="forget this concept word of the embedded world instead")
+        sp.add_argument("--forget", action="append", default=None, metavar="WORD",
+                        help="forget this concept word of the embedded world instead (unlearn: repeat it to erase "
+                             "several concepts in order)")
         sp.add_argument("--neighbour", default=None, help="with --forget: the retain concept to watch first")
 
     sp = sub.add_parser("train-base", help="train the embedded base model from scratch (resumable)")
@@ -196,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     task_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("attack", help="learn a word that brings the forgotten concept back; the recovered forget rate")
+    sp.add_argument("model", help="the unlearned pipeline folder (or 'base' for the reference)")
+    sp.add_argument("--base", default="base", help="the base model whose images of the concept the word is learned on")
+    sp.add_argument("--steps", type=int, default=100, help="optimiser steps on the new word's embedding")
+    sp.add_argument("--seeds", default="0", help="comma-separated seeds of the judged images")
+    sp.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the judged images")
+    config_arg(sp)
+    task_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_attack)
 
     sp = sub.add_parser("export", help="write a run or pipeline as a diffusers folder, a LoRA or a kohya LoRA file")
     sp.add_argument("source", help="a run folder (unlearnkit unlearn --out), a pipeline folder, a single-file "

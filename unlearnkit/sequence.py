@@ -1,0 +1,81 @@
+"""Erase several concepts one after another, and measure what each stage did (beyond the paper).
+
+Stage i unlearns task i starting from stage i−1's model; its retain prompts leave out every prompt an earlier
+stage forgot (those are meant to stay forgotten, not to be replayed). After each stage the model is compared
+with the *original* base on the prompts no stage forgets, and every concept erased so far is checked again:
+does an earlier one come back?
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .tasks import Task
+
+
+def stage_tasks(tasks: list[Task]) -> list[Task]:
+    """The tasks as the stages see them: task i's retain prompts without any prompt tasks 0..i−1 forgot."""
+    if not tasks:
+        raise ValueError("tasks is empty; give the tasks to erase in order, e.g. [get_task('object'), ...]")
+    forgotten, out = set(), []
+    for t in tasks:
+        keep = [i for i, p in enumerate(t.retain_prompts) if p not in forgotten]
+        if not keep:
+            raise ValueError(f"task {t.name!r} has no retain prompt left once earlier stages' forget prompts are removed")
+        concepts = [t.retain_concepts[i] for i in keep] if t.retain_concepts else []
+        out.append(replace(t, retain_prompts=[t.retain_prompts[i] for i in keep], retain_concepts=concepts))
+        forgotten |= set(t.forget_prompts)
+    return out
+
+
+def unlearn_sequence(pipe, tasks: list[Task], method: str, run=None, **overrides) -> list:
+    """Unlearn `tasks` in order with `method`, each stage from the previous stage's model.
+
+    Returns the stages' `UnlearnResult`s. `run(pipe, task, method, **overrides)` trains one stage (default
+    `unlearnkit.unlearn`; the notebooks pass `experiments.run_method` for its cache).
+    """
+    if run is None:
+        from .train import unlearn as run
+    results, current = [], pipe
+    for task in stage_tasks(tasks):
+        result = run(current, task, method, **overrides)
+        results.append(result)
+        current = result.pipeline
+    return results
+
+
+def common_retain(tasks: list[Task], max_retain: int | None = None) -> Task:
+    """A task whose retain prompts are those every task retains (no stage forgets them), in the first task's
+    order (its neighbour first), cut to `max_retain`; its forget prompts are the first task's."""
+    forgotten = {p for t in tasks for p in t.forget_prompts}
+    first = tasks[0]
+    keep = [i for i, p in enumerate(first.retain_prompts) if p not in forgotten][:max_retain]
+    concepts = [first.retain_concepts[i] for i in keep] if first.retain_concepts else []
+    return replace(first, name="+".join(t.name for t in tasks) + "-common",
+                   retain_prompts=[first.retain_prompts[i] for i in keep], retain_concepts=concepts)
+
+
+def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | None = None, **evaluate_kw) -> list[dict]:
+    """After each stage: LPIPS_ret [CI] and accuracy against the original `base` on the prompts no stage forgets,
+    and the forget rate of every concept erased so far. Returns one dict per stage:
+    {'stage', 'concept', 'lpips_ret', 'lpips_ret_ci', 'retain_accuracy', 'forget_rates': {concept: rate}}."""
+    from .metrics import evaluate
+
+    if len(results) != len(tasks):
+        raise ValueError(f"{len(results)} results for {len(tasks)} tasks; pass the tasks unlearn_sequence got")
+    common = common_retain(tasks, max_retain)
+    rows = []
+    for i, result in enumerate(results):
+        row = {"stage": i + 1, "concept": tasks[i].forget_concept or tasks[i].name, "forget_rates": {}}
+        for k in range(i + 1):
+            # the retain set is the same for every k: its images come from the sample cache after the first
+            probe = replace(common, name=f"{tasks[k].name}-probe", forget_prompts=tasks[k].forget_prompts,
+                            anchor_prompts=tasks[k].anchor_prompts, forget_concept=tasks[k].forget_concept,
+                            kind=tasks[k].kind, relabel_concepts=[])
+            r = evaluate(base, result.pipeline, probe, fid=False, **evaluate_kw)
+            row["forget_rates"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate")
+            if k == i:
+                row.update(lpips_ret=r["lpips_ret"], lpips_ret_ci=r["lpips_ret_ci"],
+                           retain_accuracy=r.get("retain_accuracy"), n_retain=r["n_retain"])
+        rows.append(row)
+    return rows
