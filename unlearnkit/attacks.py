@@ -30,7 +30,7 @@ def _judge(images, task, classifier=None, clip=None) -> torch.Tensor:
     # 1 where the image shows the forget concept
     from . import world
 
-    if task.kind in world.KINDS:
+    if task.kind in world.KINDS and task.forget_concept in world.KINDS[task.kind]:
         from .classifier import load_classifier
 
         clf = classifier or load_classifier()
