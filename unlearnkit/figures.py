@@ -2,6 +2,10 @@
 
 Rows share a prompt and a seed; the first column is the base model; under every other image is its
 LPIPS to the base image of its row.
+
+Every helper returns its matplotlib Figure and never picks a backend: in Jupyter the inline backend shows
+the figure under the cell (end the call with `;` or assign it, or the returned Figure shows a second time),
+and without a display matplotlib falls back to Agg by itself, so `path=` still writes the PNG.
 """
 
 from __future__ import annotations
@@ -9,18 +13,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .io import atomic_write  # noqa: E402
+from .io import atomic_write
 
 
-def _save(fig, path):
+# backends that draw to files only: a figure made under them can never be shown
+_FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
+def _finish(fig, path):
+    """Save `fig` to `path` (when given) and return it."""
     if path:
         path = Path(path)
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix[1:] or "png"))
+    if matplotlib.get_backend().lower() in _FILE_BACKENDS:
+        plt.close(fig)  # scripts and tests: drop it from pyplot's registry, or every call would stay in memory
+    return fig
 
 
 def comparison_grid(columns: dict[str, torch.Tensor], row_labels: list[str], lpips=None, title: str = "",
@@ -55,8 +65,7 @@ def comparison_grid(columns: dict[str, torch.Tensor], row_labels: list[str], lpi
     fig.suptitle(f"{title}\nnumber under an image: LPIPS to the base image of its row ({net})" if lpips else title,
                  fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    return fig
+    return _finish(fig, path)
 
 
 def world_grid(images: torch.Tensor, row_labels, col_labels, panel_labels, title="", path=None):
@@ -78,5 +87,4 @@ def world_grid(images: torch.Tensor, row_labels, col_labels, panel_labels, title
                     ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, w_pad=0.1, h_pad=0.1)
-    _save(fig, path)
-    return fig
+    return _finish(fig, path)
