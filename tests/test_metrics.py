@@ -25,6 +25,22 @@ def test_lpips_is_zero_on_identical_images_and_grows_with_change(lpips):
     assert lpips.name.startswith("stlpips") and "64px" in lpips.name
 
 
+def test_lpips_map_is_zero_on_identical_images_and_averages_to_the_distance(lpips):
+    prompts = [world.prompt(o, c, "striped") for o in ("circle", "star") for c in ("red", "blue")]
+    a = world.render_batch(prompts, [0] * 4)
+    assert lpips.map(a, a).shape == (4, 1, 32, 32) and lpips.map(a, a).abs().max().item() == 0
+    for b in (world.render_batch(prompts, [1] * 4), world.render_batch(prompts[::-1], [0] * 4)):
+        m, d = lpips.map(a, b), lpips(a, b)
+        # stlpips upsamples each layer's map before summing: the mean agrees with the distance to ~1e-4 (measured)
+        assert m.min() >= 0 and torch.allclose(m.mean((1, 2, 3)), d, rtol=1e-3)
+    # the map says where: a change in the left half lights up the left half
+    b = a.clone()
+    b[..., :, :12] = world.render_batch([world.prompt("cross", "green", "dotted")] * 4, [5] * 4)[..., :, :12]
+    m = lpips.map(a, b)
+    assert (m[..., :, :16].mean((1, 2, 3)) > 3 * m[..., :, 16:].mean((1, 2, 3))).all()
+    assert lpips(a, a).abs().max() < 1e-6  # the spatial switch is off again
+
+
 def test_lpips_rejects_bad_inputs():
     with pytest.raises(ValueError, match="unknown lpips_net 'vgg'"):
         LPIPSDistance("vgg")

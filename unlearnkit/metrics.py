@@ -64,14 +64,32 @@ class LPIPSDistance(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """Per-pair LPIPS [N] (float32, CPU) for images [N,3,H,W] in [0,1]."""
+        return self._run(x, y, batch_size, spatial=False).flatten()
+
+    @torch.no_grad()
+    def map(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Spatial LPIPS [N,1,H,W] (float32, CPU) for images [N,3,H,W] in [0,1]: where the two images differ.
+
+        The network's `spatial` output (each layer's weighted feature difference, bilinearly upsampled to `size`
+        px, summed over layers), area-resized to H×W. Its mean over H,W is the per-pair distance of `forward` up
+        to the upsampling (which averages each layer's map over a slightly different grid).
+        """
+        maps = self._run(x, y, batch_size, spatial=True)
+        return F.interpolate(maps, size=tuple(x.shape[-2:]), mode="area" if x.shape[-1] <= self.size else "bilinear")
+
+    def _run(self, x, y, batch_size, spatial):
         if x.shape != y.shape:
             raise ValueError(f"LPIPS needs images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
         device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(x), batch_size):
-            a, b = (F.interpolate(t[i:i + batch_size].to(device).float(), size=(self.size, self.size),
-                                  mode="bilinear", align_corners=False) for t in (x, y))
-            out.append(self.model(a * 2 - 1, b * 2 - 1).flatten().float().cpu())
+        self.model.spatial = spatial  # both packages read this flag in forward
+        try:
+            out = []
+            for i in range(0, len(x), batch_size):
+                a, b = (F.interpolate(t[i:i + batch_size].to(device).float(), size=(self.size, self.size),
+                                      mode="bilinear", align_corners=False) for t in (x, y))
+                out.append(self.model(a * 2 - 1, b * 2 - 1).float().cpu())
+        finally:
+            self.model.spatial = False
         return torch.cat(out)
 
 
