@@ -6,7 +6,7 @@ import torch
 import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.data import cached_sample_pairs, pipeline_fingerprint
-from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, results_table
+from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, classifier_fid, fid_ci, frechet_distance, results_table
 
 FAST = dict(seeds=[0], steps=2, fid=False)
 
@@ -73,6 +73,45 @@ def test_a_changed_model_gives_positive_lpips(tiny_pipe, object_task, lpips):
     assert r["lpips_ret"] > 0.01 and r["integrity"] == pytest.approx(1 - r["lpips_ret"])
     lo, hi = r["lpips_ret_ci"]
     assert lo <= r["lpips_ret"] <= hi
+
+
+def test_evaluate_lists_every_retain_pair_and_intervals(tiny_pipe, object_task, lpips):
+    from unlearnkit.models import build_pipeline
+
+    r = uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=1), object_task, lpips=lpips, seeds=[0, 1], steps=2)
+    pairs = r["retain_pairs"]
+    # prompt-major, seeds inner, neighbour concept first: the order of evaluation
+    assert len(pairs) == r["n_retain"] == 8
+    assert [(p["prompt"], p["seed"]) for p in pairs[:3]] == [(object_task.retain_prompts[0], 0),
+                                                             (object_task.retain_prompts[0], 1),
+                                                             (object_task.retain_prompts[1], 0)]
+    assert pairs[0]["concept"] == object_task.neighbour_concept == list(r["per_concept"])[0]
+    assert sum(p["lpips"] for p in pairs) / len(pairs) == pytest.approx(r["lpips_ret"], rel=1e-6)
+    for c, mean in r["per_concept"].items():
+        mine = [p["lpips"] for p in pairs if p["concept"] == c]
+        assert sum(mine) / len(mine) == pytest.approx(mean, rel=1e-9)
+    for key in ("forget_rate", "retain_accuracy", "fid"):
+        lo, hi = r[key + "_ci"]
+        assert lo <= r[key] <= hi, key
+    assert r["fid_ci"][1] > r["fid_ci"][0]
+
+
+def test_frechet_distance_matches_torchmetrics_fid_and_its_interval():
+    from unlearnkit.classifier import load_classifier
+    from unlearnkit.metrics import _Features
+
+    clf = load_classifier()
+    for n in (6, 130):  # both branches: fewer and more images than the 128 feature dimensions
+        prompts = (world.all_prompts() * 2)[:n]
+        real, fake = world.render_batch(prompts, [0] * n), world.render_batch(prompts, [1] * n)
+        with torch.no_grad():
+            d = frechet_distance(_Features(clf)(real), _Features(clf)(fake))
+        assert float(d) == pytest.approx(classifier_fid(clf, real, fake), rel=1e-4)
+    lo, hi = fid_ci(clf, real[:20], fake[:20])
+    assert lo < classifier_fid(clf, real[:20], fake[:20]) < hi
+    assert fid_ci(clf, real[:20], real[:20]) == pytest.approx((0.0, 0.0), abs=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 4), torch.zeros(1, 4))
 
 
 def test_no_seeds_is_a_value_error(tiny_pipe, object_task):
