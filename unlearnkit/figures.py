@@ -82,7 +82,7 @@ def comparison_grid(columns: dict[str, torch.Tensor], row_labels: list[str], lpi
     net = getattr(lpips, "name", "")
     note = f"\nnumber under an image: LPIPS to the base image of its row ({net})" if lpips else ""
     if maps:
-        note += f"; below it, its LPIPS map (square-root colour scale, 0 to {vmax:.3f})"
+        note += f"\nbelow it, where it differs: its LPIPS map (square-root colour scale, 0 to {vmax:.3f})"
     fig.suptitle(title + note, fontsize=8)
     fig.tight_layout()
     if maps and others:
