@@ -238,7 +238,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     lpips_forget, per_concept (lpips_ret per retain concept, neighbour first), retain_pairs (one dict per retain
     (prompt, seed) pair, in evaluation order: prompt, seed, concept, lpips), forget_rate, retain_accuracy (each
     with a 95% bootstrap `_ci`), base_forget_rate, base_retain_accuracy, fid (on classifier features; see
-    fid_features) and fid_ci (see `fid_ci`), lpips_net, n_retain, n_forget and seconds. `max_retain` evaluates the first N retain prompts (neighbour prompts come first).
+    fid_features) and fid_ci (see `fid_ci`), lpips_net, n_retain, n_forget and seconds. `max_retain` evaluates
+    the first N retain prompts (neighbour prompts come first).
     Outside the embedded world, pass `clip` (a path / hub id, or a (model, processor) pair) for forget_rate and
     retain_accuracy by CLIP zero-shot classification over the task's concepts, and clip_score (torchmetrics).
     """
