@@ -174,12 +174,12 @@ def ladder_figure(ladder: dict, title: str = "", path=None):
     return _finish(fig, path)
 
 
-def retain_spread(results: dict, title: str = "", path=None):
+def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True):
     """Per retain concept, every pair's LPIPS to the base (evaluate's `retain_pairs`) as dots and their mean as
     a bar, one panel per entry of `results` = {label: evaluate dict}; concepts in evaluation order (neighbour
-    first)."""
-    fig, axes = plt.subplots(1, len(results), figsize=(max(3.2, 0.55 * _n_concepts(results) + 1.2) * len(results),
-                                                         2.6), squeeze=False, sharey=True)
+    first). `sharey=False` gives each panel its own scale (results of very different sizes)."""
+    width = max(3.2, 0.5 * _n_concepts(results) + 1.2)
+    fig, axes = plt.subplots(1, len(results), figsize=(width * len(results), 2.6), squeeze=False, sharey=sharey)
     g = torch.Generator().manual_seed(0)  # the dots' horizontal jitter
     for ax, (label, r) in zip(axes[0], results.items()):
         concepts = list(dict.fromkeys(p["concept"] for p in r["retain_pairs"]))
@@ -192,7 +192,8 @@ def retain_spread(results: dict, title: str = "", path=None):
         ax.set_title(f"{label}: LPIPS_ret {r['lpips_ret']:.3f}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("LPIPS to the base image", fontsize=7)
+    for ax in axes[0][:1] if sharey else axes[0]:
+        ax.set_ylabel("LPIPS to the base image", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
