@@ -26,11 +26,18 @@ def _outputs_text(output) -> str:
     return text + "".join(output.get("traceback", []))
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    # one cache for the notebooks of this file: the second reuses the base images the first generated
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_executed_notebook_holds_its_figures_as_images(name, tmp_path, monkeypatch):
+def test_executed_notebook_holds_its_figures_as_images(name, tmp_path, monkeypatch, shared_cache):
     import papermill as pm
 
     monkeypatch.setenv("UNLEARNKIT_PROFILE", "smoke")
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(shared_cache))
     # the kernel inherits the environment: make it import this checkout's package
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own default (inline), as in JupyterLab
