@@ -6,7 +6,7 @@ import torch
 import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.data import cached_sample_pairs, pipeline_fingerprint
-from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, results_table
+from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, classifier_fid, fid_ci, frechet_distance, results_table
 
 FAST = dict(seeds=[0], steps=2, fid=False)
 
@@ -23,6 +23,22 @@ def test_lpips_is_zero_on_identical_images_and_grows_with_change(lpips):
     big = lpips(a, world.render_batch([world.prompt("star", "blue", "dotted")] * 2, [0, 1])).mean()
     assert 0 < small < big
     assert lpips.name.startswith("stlpips") and "64px" in lpips.name
+
+
+def test_lpips_map_is_zero_on_identical_images_and_averages_to_the_distance(lpips):
+    prompts = [world.prompt(o, c, "striped") for o in ("circle", "star") for c in ("red", "blue")]
+    a = world.render_batch(prompts, [0] * 4)
+    assert lpips.map(a, a).shape == (4, 1, 32, 32) and lpips.map(a, a).abs().max().item() == 0
+    for b in (world.render_batch(prompts, [1] * 4), world.render_batch(prompts[::-1], [0] * 4)):
+        m, d = lpips.map(a, b), lpips(a, b)
+        # stlpips upsamples each layer's map before summing: the mean agrees with the distance to ~1e-4 (measured)
+        assert m.min() >= 0 and torch.allclose(m.mean((1, 2, 3)), d, rtol=1e-3)
+    # the map says where: a change in the left half lights up the left half
+    b = a.clone()
+    b[..., :, :12] = world.render_batch([world.prompt("cross", "green", "dotted")] * 4, [5] * 4)[..., :, :12]
+    m = lpips.map(a, b)
+    assert (m[..., :, :16].mean((1, 2, 3)) > 3 * m[..., :, 16:].mean((1, 2, 3))).all()
+    assert lpips(a, a).abs().max() < 1e-6  # the spatial switch is off again
 
 
 def test_lpips_rejects_bad_inputs():
@@ -57,6 +73,45 @@ def test_a_changed_model_gives_positive_lpips(tiny_pipe, object_task, lpips):
     assert r["lpips_ret"] > 0.01 and r["integrity"] == pytest.approx(1 - r["lpips_ret"])
     lo, hi = r["lpips_ret_ci"]
     assert lo <= r["lpips_ret"] <= hi
+
+
+def test_evaluate_lists_every_retain_pair_and_intervals(tiny_pipe, object_task, lpips):
+    from unlearnkit.models import build_pipeline
+
+    r = uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=1), object_task, lpips=lpips, seeds=[0, 1], steps=2)
+    pairs = r["retain_pairs"]
+    # prompt-major, seeds inner, neighbour concept first: the order of evaluation
+    assert len(pairs) == r["n_retain"] == 8
+    assert [(p["prompt"], p["seed"]) for p in pairs[:3]] == [(object_task.retain_prompts[0], 0),
+                                                             (object_task.retain_prompts[0], 1),
+                                                             (object_task.retain_prompts[1], 0)]
+    assert pairs[0]["concept"] == object_task.neighbour_concept == list(r["per_concept"])[0]
+    assert sum(p["lpips"] for p in pairs) / len(pairs) == pytest.approx(r["lpips_ret"], rel=1e-6)
+    for c, mean in r["per_concept"].items():
+        mine = [p["lpips"] for p in pairs if p["concept"] == c]
+        assert sum(mine) / len(mine) == pytest.approx(mean, rel=1e-9)
+    for key in ("forget_rate", "retain_accuracy", "fid"):
+        lo, hi = r[key + "_ci"]
+        assert lo <= r[key] <= hi, key
+    assert r["fid_ci"][1] > r["fid_ci"][0]
+
+
+def test_frechet_distance_matches_torchmetrics_fid_and_its_interval():
+    from unlearnkit.classifier import load_classifier
+    from unlearnkit.metrics import _Features
+
+    clf = load_classifier()
+    for n in (6, 130):  # both branches: fewer and more images than the 128 feature dimensions
+        prompts = (world.all_prompts() * 2)[:n]
+        real, fake = world.render_batch(prompts, [0] * n), world.render_batch(prompts, [1] * n)
+        with torch.no_grad():
+            d = frechet_distance(_Features(clf)(real), _Features(clf)(fake))
+        assert float(d) == pytest.approx(classifier_fid(clf, real, fake), rel=1e-4)
+    lo, hi = fid_ci(clf, real[:20], fake[:20])
+    assert lo < classifier_fid(clf, real[:20], fake[:20]) < hi
+    assert fid_ci(clf, real[:20], real[:20]) == pytest.approx((0.0, 0.0), abs=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 4), torch.zeros(1, 4))
 
 
 def test_no_seeds_is_a_value_error(tiny_pipe, object_task):

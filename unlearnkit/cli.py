@@ -271,7 +271,9 @@ def main(argv=None) -> int:
         print(json.dumps(result, default=str))
     elif result is not None:
         for k, v in result.items():
-            print(f"{k}: {v}")
+            # evaluate's retain_pairs: one row per (prompt, seed), too long for a line; --json prints them
+            print(f"{k}: {len(v)} rows (--json lists them)" if isinstance(v, list) and v and isinstance(v[0], dict)
+                  else f"{k}: {v}")
     return 0
 
 

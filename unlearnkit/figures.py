@@ -2,6 +2,10 @@
 
 Rows share a prompt and a seed; the first column is the base model; under every other image is its
 LPIPS to the base image of its row.
+
+Every helper returns its matplotlib Figure and never picks a backend: in Jupyter the inline backend shows
+the figure under the cell (end the call with `;` or assign it, or the returned Figure shows a second time),
+and without a display matplotlib falls back to Agg by itself, so `path=` still writes the PNG.
 """
 
 from __future__ import annotations
@@ -9,25 +13,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.colors import PowerNorm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .io import atomic_write  # noqa: E402
+from .io import atomic_write
 
 
-def _save(fig, path):
+# backends that draw to files only: a figure made under them can never be shown
+_FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
+def _finish(fig, path):
+    """Save `fig` to `path` (when given) and return it."""
     if path:
         path = Path(path)
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, bbox_inches="tight", format=path.suffix[1:] or "png"))
+    if matplotlib.get_backend().lower() in _FILE_BACKENDS:
+        plt.close(fig)  # scripts and tests: drop it from pyplot's registry, or every call would stay in memory
+    return fig
 
 
 def comparison_grid(columns: dict[str, torch.Tensor], row_labels: list[str], lpips=None, title: str = "",
-                    path: str | Path | None = None, base: str = "base"):
+                    path: str | Path | None = None, base: str = "base", heatmaps: bool = True):
     """A grid: one column per model (`columns[name]` = [R,3,H,W] in [0,1]), one row per (prompt, seed).
 
-    Under each non-base image: its LPIPS to the base image of the row (`lpips` an LPIPSDistance).
+    Under each non-base image: its LPIPS to the base image of the row (`lpips` an LPIPSDistance) and, with
+    `heatmaps`, a row of LPIPS maps (`lpips.map`): where in the picture the model changed, on one colour scale.
     Returns the matplotlib figure; with `path`, also saves it (PNG).
     """
     names = list(columns)
@@ -37,26 +49,51 @@ def comparison_grid(columns: dict[str, torch.Tensor], row_labels: list[str], lpi
     for n, x in columns.items():
         if len(x) != rows:
             raise ValueError(f"column {n!r} has {len(x)} images for {rows} rows")
-    dist = {n: lpips(columns[base], x).tolist() for n, x in columns.items() if n != base} if lpips else {}
-    fig, axes = plt.subplots(rows, len(names), figsize=(1.25 * len(names) + 1.6, 1.45 * rows), squeeze=False)
+    others = [n for n in names if n != base]
+    dist = {n: lpips(columns[base], columns[n]).tolist() for n in others} if lpips else {}
+    maps = {n: lpips.map(columns[base], columns[n])[:, 0] for n in others} if lpips and heatmaps else {}
+    vmax = max([float(m.max()) for m in maps.values()] + [1e-6])
+    per_row = 2 if maps else 1
+    fig, axes = plt.subplots(rows * per_row, len(names), figsize=(1.25 * len(names) + 1.6, 1.45 * rows * per_row),
+                             squeeze=False)
     for j, n in enumerate(names):
         for i in range(rows):
-            ax = axes[i][j]
-            ax.imshow(columns[n][i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax = axes[i * per_row][j]
+            _show(ax, columns[n][i])
             if i == 0:
                 ax.set_title(n, fontsize=8)
             if n in dist:
                 ax.set_xlabel(f"{dist[n][i]:.3f}", fontsize=7, labelpad=1)
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=6, rotation=0, ha="right", va="center")
+            if maps:
+                ax = axes[i * per_row + 1][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if n in maps:
+                    # square-root colour scale: a small change stays visible beside a large one
+                    heat = ax.imshow(maps[n][i].numpy(), cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=vmax),
+                                     interpolation="nearest")
+                else:
+                    ax.set_frame_on(False)
+                    if i == 0:
+                        ax.text(0.5, 0.5, "LPIPS map\nto base →", fontsize=6, ha="center", va="center",
+                                transform=ax.transAxes)
     net = getattr(lpips, "name", "")
-    fig.suptitle(f"{title}\nnumber under an image: LPIPS to the base image of its row ({net})" if lpips else title,
-                 fontsize=8)
+    note = f"\nnumber under an image: LPIPS to the base image of its row ({net})" if lpips else ""
+    if maps:
+        note += f"\nbelow it, where it differs: its LPIPS map (square-root colour scale, 0 to {vmax:.3f})"
+    fig.suptitle(title + note, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    return fig
+    if maps and others:
+        fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02).ax.tick_params(labelsize=6)
+    return _finish(fig, path)
+
+
+def _show(ax, image):
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def world_grid(images: torch.Tensor, row_labels, col_labels, panel_labels, title="", path=None):
@@ -78,5 +115,106 @@ def world_grid(images: torch.Tensor, row_labels, col_labels, panel_labels, title
                     ax.set_ylabel(row_labels[i], fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, w_pad=0.1, h_pad=0.1)
-    _save(fig, path)
-    return fig
+    return _finish(fig, path)
+
+
+# how notebooks name evaluate's keys on an axis
+LABELS = {"lpips_ret": "LPIPS_ret (↓)", "integrity": "I = 1 − LPIPS_ret (↑)", "retain_accuracy": "accuracy (↑)",
+          "forget_rate": "forget rate (↓)", "fid": "FID, classifier features (↓)", "lpips_forget": "LPIPS_forget"}
+
+
+def metric_curves(results: dict, keys=("lpips_ret", "retain_accuracy", "fid"), xlabel: str = "noise scale",
+                  title: str = "", path=None):
+    """One panel per metric `key` against x: `results` = {x: evaluate dict}; error bars from `key + "_ci"`
+    where the dict has it (95% bootstrap over prompts × seeds), each value written beside its point."""
+    xs = list(results)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        ys = [results[x][key] for x in xs]
+        cis = [results[x].get(key + "_ci") for x in xs]
+        err = None
+        if all(ci is not None for ci in cis):
+            err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
+        ax.errorbar(range(len(xs)), ys, yerr=err, marker="o", ms=4, capsize=3, lw=1.2)
+        for k, y in enumerate(ys):
+            ax.annotate(f"{y:.3g}", (k, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        # one tick per x, evenly spaced: the scales are a geometric-ish ladder, 0 included
+        ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs], fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(LABELS.get(key, key), fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def ladder_figure(ladder: dict, title: str = "", path=None):
+    """The LPIPS ladder (`probes.lpips_ladder`): each rung's image above a bar of its LPIPS to the first image."""
+    names = list(ladder)
+    fig = plt.figure(figsize=(1.45 * len(names) + 0.6, 3.6))
+    grid = fig.add_gridspec(2, len(names), height_ratios=[1, 1.1])
+    for j, n in enumerate(names):
+        ax = fig.add_subplot(grid[0, j])
+        _show(ax, ladder[n]["image"])
+        ax.set_title(n, fontsize=8)
+        ax.set_xlabel(f"{ladder[n]['prompt']}\nseed {ladder[n]['seed']}", fontsize=5.5, labelpad=2)
+    ax = fig.add_subplot(grid[1, :])
+    values = [ladder[n]["lpips"] for n in names]
+    bars = ax.bar(range(len(names)), values, color=plt.cm.magma([0.15 + 0.7 * k / max(1, len(names) - 1)
+                                                                  for k in range(len(names))]))
+    ax.bar_label(bars, [f"{v:.3f}" for v in values], fontsize=7, padding=2)
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_ylabel("LPIPS to the first image", fontsize=7)
+    ax.set_ylim(0, max(values + [1e-3]) * 1.25)
+    ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True):
+    """Per retain concept, every pair's LPIPS to the base (evaluate's `retain_pairs`) as dots and their mean as
+    a bar, one panel per entry of `results` = {label: evaluate dict}; concepts in evaluation order (neighbour
+    first). `sharey=False` gives each panel its own scale (results of very different sizes)."""
+    width = max(3.2, 0.5 * _n_concepts(results) + 1.2)
+    fig, axes = plt.subplots(1, len(results), figsize=(width * len(results), 2.6), squeeze=False, sharey=sharey)
+    g = torch.Generator().manual_seed(0)  # the dots' horizontal jitter
+    for ax, (label, r) in zip(axes[0], results.items()):
+        concepts = list(dict.fromkeys(p["concept"] for p in r["retain_pairs"]))
+        for k, c in enumerate(concepts):
+            v = torch.tensor([p["lpips"] for p in r["retain_pairs"] if p["concept"] == c])
+            jitter = (torch.rand(len(v), generator=g) - 0.5) * 0.35
+            ax.bar(k, float(v.mean()), width=0.6, color="#f3d9b1", zorder=1)
+            ax.scatter(k + jitter, v, s=9, color="#7a1f5c", alpha=0.8, lw=0, zorder=2)
+        ax.set_xticks(range(len(concepts)), concepts, fontsize=7, rotation=30)
+        ax.set_title(f"{label}: LPIPS_ret {r['lpips_ret']:.3f}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[0][:1] if sharey else axes[0]:
+        ax.set_ylabel("LPIPS to the base image", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _n_concepts(results):
+    return max(len({p["concept"] for p in r["retain_pairs"]}) for r in results.values())
+
+
+def loss_curves(history: list[dict], title: str = "", path=None):
+    """One panel per logged quantity of a training `history` (train.py's list of per-step dicts) against step."""
+    keys = [k for k in history[0] if k != "step"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.2), squeeze=False)
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    for ax, k in zip(axes[0], keys):
+        ax.plot(steps, [h[k] for h in history])
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)

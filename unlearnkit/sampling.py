@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 from diffusers import DDIMScheduler
+# tqdm.auto: in Jupyter one ipywidgets bar per loop, updated in place (what a JupyterLab user watches; papermill
+# stores its final state in the notebook), in a terminal the usual text bar
 from tqdm.auto import tqdm
 
 from .backbone import auto_batch_size, decode_latents, encode_prompts, pipeline_device, sample_shape

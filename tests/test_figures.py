@@ -1,0 +1,87 @@
+"""The figure helpers: what each draws, that they save headless, and that the library never picks a backend."""
+
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from unlearnkit import figures, world
+from unlearnkit.metrics import LPIPSDistance
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    return LPIPSDistance()
+
+
+@pytest.fixture
+def columns():
+    prompts = [world.prompt("triangle", "red", "striped"), world.prompt("square", "red", "striped")]
+    base = world.render_batch(prompts, [0, 0])
+    return {"base": base, "other seed": world.render_batch(prompts, [1, 1]), "same": base.clone()}
+
+
+def test_importing_figures_leaves_the_backend_alone():
+    code = ("import matplotlib; matplotlib.use('svg'); import unlearnkit.figures, matplotlib.pyplot; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+
+
+def test_comparison_grid_has_a_heatmap_row_under_each_image_row(columns, lpips, tmp_path):
+    fig = figures.comparison_grid(columns, ["a", "b"], lpips, title="t", path=tmp_path / "g.png")
+    images = [ax for ax in fig.axes if ax.images]
+    # 2 rows x 3 columns of images, 2 rows x 2 non-base columns of maps; 2 empty slots and a colour bar
+    assert len(images) == 6 + 4 and len(fig.axes) == 6 + 6 + 1
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
+    d = lpips(columns["base"], columns["other seed"]).tolist()
+    assert labels.count("0.000") == 2 and f"{d[0]:.3f}" in labels and f"{d[1]:.3f}" in labels
+    maps = [ax.images[0].get_array() for ax in fig.axes if ax.images and ax.images[0].get_array().ndim == 2]
+    assert sum(float(abs(m).max()) == 0 for m in maps) == 2  # the identical column's maps are all zero
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plt.get_fignums()  # saved and dropped from pyplot under Agg: nothing piles up
+    plain = figures.comparison_grid(columns, ["a", "b"], lpips, heatmaps=False)
+    assert len([ax for ax in plain.axes if ax.images]) == 6
+
+
+def test_comparison_grid_names_its_bad_inputs(columns):
+    with pytest.raises(ValueError, match="base model under 'base'"):
+        figures.comparison_grid({"x": columns["same"]}, ["a", "b"])
+    with pytest.raises(ValueError, match="column 'same' has 2 images for 3 rows"):
+        figures.comparison_grid({"base": torch.zeros(3, 3, 8, 8), "same": columns["same"]}, ["a", "b", "c"])
+
+
+def _result(values, concepts):
+    t = torch.tensor(values)
+    return {"lpips_ret": float(t.mean()), "lpips_ret_ci": (float(t.min()), float(t.max())), "retain_accuracy": 0.5,
+            "retain_accuracy_ci": (0.25, 0.75), "fid": 10.0, "fid_ci": (5.0, 15.0), "lpips_net": "x",
+            "retain_pairs": [{"prompt": "p", "seed": 0, "concept": c, "lpips": v} for v, c in zip(values, concepts)]}
+
+
+def test_metric_curves_draw_error_bars_and_values():
+    results = {0.0: _result([0.0, 0.0], "ab"), 0.1: _result([0.1, 0.3], "ab")}
+    fig = figures.metric_curves(results)
+    assert len(fig.axes) == 3
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0", "0.2"]
+    # errorbar: the line, and the bar segments from lo to hi
+    segments = fig.axes[0].collections[0].get_segments()
+    assert [tuple(s[:, 1]) for s in segments] == [(0.0, 0.0), pytest.approx((0.1, 0.3))]
+
+
+def test_retain_spread_puts_the_first_concept_first():
+    fig = figures.retain_spread({"m": _result([0.1, 0.2, 0.3], ["square", "circle", "square"])})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["square", "circle"]
+    assert [round(p.get_height(), 6) for p in fig.axes[0].patches] == [0.2, 0.2]
+
+
+def test_ladder_and_loss_curves():
+    image = torch.zeros(3, 8, 8)
+    ladder = {n: {"image": image, "prompt": "p", "seed": 0, "lpips": v} for n, v in (("itself", 0.0), ("x", 0.25))}
+    fig = figures.ladder_figure(ladder)
+    assert [t.get_text() for t in fig.axes[-1].texts] == ["0.000", "0.250"]
+    fig = figures.loss_curves([{"step": 0, "loss": 1.0, "mu": 0.0}, {"step": 1, "loss": 0.5, "mu": 0.1}])
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "mu"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 0.5]
