@@ -120,3 +120,13 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     return {"recovered_forget_rate": float(shown.mean()), "recovered_forget_rate_ci": bootstrap_ci(shown),
             "forget_rate": float(plain.mean()), "forget_rate_ci": bootstrap_ci(plain), "attack_prompts": attack_prompts,
             "token": token, "steps": steps, "history": history, "seconds": time.time() - start}
+
+
+def attack_table(results: dict[str, dict[str, dict]]) -> str:
+    """A markdown table: one line per (task, method): forget rate without and with the learned word [95% CI]."""
+    lines = ["| task | model | forget rate (no attack) | recovered forget rate [95% CI] |", "|---|---|---|---|"]
+    for task, per in results.items():
+        for label, r in per.items():
+            lo, hi = r["recovered_forget_rate_ci"]
+            lines.append(f"| {task} | {label} | {r['forget_rate']:.2f} | {r['recovered_forget_rate']:.2f} [{lo:.2f}, {hi:.2f}] |")
+    return "\n".join(lines)

@@ -136,6 +136,10 @@ def cmd_evaluate(args):
     result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
                       guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
                       progress=not args.json)
+    if result.get("forgot") is False:
+        from .metrics import did_not_forget
+
+        print(f"unlearnkit evaluate: warning: {did_not_forget(result['forget_rate'])}", file=sys.stderr)
     return result
 
 

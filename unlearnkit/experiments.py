@@ -53,6 +53,9 @@ class Profile:
     sample_steps: int = 20  # DDIM steps when evaluating
     guidance_scale: float = 2.0  # measured best of 1.5, 2, 3, 5 on the shipped model (README)
     figure_seeds: tuple = (0, 1)  # one figure row per (concept, seed)
+    # the recovery attack: optimiser steps on the word, its data (images per forget prompt, DDIM steps), judged images
+    attack_settings: dict = field(default_factory=lambda: dict(steps=100, data_seeds=2, data_steps=10, seeds=(0,),
+                                                               sample_steps=10))
 
     def task(self, name: str) -> Task:
         """The built-in task `name`, trimmed to this profile's sizes."""
@@ -60,6 +63,23 @@ class Profile:
         if self.max_forget is None:
             return t
         return t.head(self.max_forget, max(self.max_retain or 4, 4))
+
+    def concept_task(self, word: str) -> Task:
+        """The embedded world's task that forgets `word`, trimmed like `task`: a built-in task when `word` is the
+        one it forgets (so its tuned configs and cached runs apply), else `world.task(word)`."""
+        from . import world
+        from .catalog import BUILTIN
+
+        name = next((n for n, spec in BUILTIN.items() if spec["forget"] == word), None)
+        if name is not None:
+            return self.task(name)
+        t = world.task(word)
+        return t if self.max_forget is None else t.head(self.max_forget, max(self.max_retain or 4, 4))
+
+    @property
+    def attack(self) -> dict:
+        """`attacks.attack`'s settings under this profile."""
+        return dict(self.attack_settings)
 
     @property
     def sampler(self) -> dict:
@@ -73,12 +93,15 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile("smoke", method_overrides=dict(steps=2, batch_size=2, data_steps=2, data_seeds=1),
-                     eval_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,)),
+                     eval_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,),
+                     attack_settings=dict(steps=2, batch_size=2, data_seeds=1, data_steps=2, seeds=(0,),
+                                          sample_steps=2)),
     # 10 DDIM steps for data and evaluation: half the sampling time of 20, object accuracy 91% vs 95% (README);
     # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) keep `reproduce`
     # (13 unlearning runs) within 20 min on 2 cores
     "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), eval_seeds=(0,), sample_steps=10),
-    "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2)),
+    "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2),
+                   attack_settings=dict(steps=300, data_seeds=2, data_steps=20, seeds=(0, 1, 2, 3), sample_steps=20)),
 }
 
 

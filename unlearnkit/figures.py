@@ -218,3 +218,57 @@ def loss_curves(history: list[dict], title: str = "", path=None):
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def sequence_figure(rows: dict[str, list[dict]], title: str = "", path=None):
+    """Sequential erasure (`sequence.evaluate_sequence` per method): LPIPS_ret against the stage with its 95%
+    interval, then one panel per erased concept with its forget rate against the stage (from the stage that
+    erased it on). `rows` = {method label: rows}."""
+    concepts = list(dict.fromkeys(c for rs in rows.values() for r in rs for c in r["forget_rates"]))
+    fig, axes = plt.subplots(1, 1 + len(concepts), figsize=(3.2 * (1 + len(concepts)), 2.8), squeeze=False)
+    for label, rs in rows.items():
+        stages = [r["stage"] for r in rs]
+        y = [r["lpips_ret"] for r in rs]
+        err = [[v - r["lpips_ret_ci"][0] for v, r in zip(y, rs)], [r["lpips_ret_ci"][1] - v for v, r in zip(y, rs)]]
+        axes[0][0].errorbar(stages, y, yerr=err, marker="o", ms=3, capsize=2, label=label)
+        for ax, c in zip(axes[0][1:], concepts):
+            pts = [(r["stage"], r["forget_rates"][c]) for r in rs if r["forget_rates"].get(c) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    axes[0][0].set_title("LPIPS_ret vs the original base", fontsize=8)
+    for ax, c in zip(axes[0][1:], concepts):
+        ax.set_title(f"forget rate of {c!r}", fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
+    stage_names = [f"{r['stage']}: {r['concept']}" for r in next(iter(rows.values()))]
+    for ax in axes[0]:
+        ax.set_xticks(range(1, len(stage_names) + 1), stage_names, fontsize=7)
+        ax.set_xlabel("after stage", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def attack_figure(results: dict[str, dict[str, dict]], title: str = "", path=None):
+    """Recovery attacks: per task, the forget rate without attack and the recovered forget rate with the learned
+    word, per method (95% intervals). `results` = {task: {method label: attacks.attack dict}}."""
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 2.8), squeeze=False)
+    for ax, (task, per) in zip(axes[0], results.items()):
+        for k, (label, r) in enumerate(per.items()):
+            for dx, key, colour in ((-0.18, "forget_rate", "#9bb7d4"), (0.18, "recovered_forget_rate", "#7a1f5c")):
+                lo, hi = r[key + "_ci"]
+                ax.bar(k + dx, r[key], width=0.34, color=colour, yerr=[[r[key] - lo], [hi - r[key]]], capsize=2,
+                       label=("no attack" if key == "forget_rate" else "learned word") if k == 0 else None)
+        ax.set_xticks(range(len(per)), list(per), fontsize=7, rotation=30)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{task}: share showing the concept", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -8,6 +8,7 @@ Base images come from the disk cache (they depend only on the base, prompts, see
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -227,11 +228,14 @@ def _pairs(prompts, seeds):
     return [p for p, _ in pairs], [s for _, s in pairs]
 
 
+FORGOT_BELOW = 0.2  # a run forgot when at most this share of forget-prompt images still shows the concept
+
+
 def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
              lpips: LPIPSDistance | None = None, clip=None, batch_size: int | None = None,
-             progress: bool | None = None) -> dict:
+             progress: bool | None = None, forgot_below: float = FORGOT_BELOW) -> dict:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
 
     Returns a dict: lpips_ret, integrity (= 1 − lpips_ret), lpips_ret_ci (95% bootstrap over prompts × seeds),
@@ -239,7 +243,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     (prompt, seed) pair, in evaluation order: prompt, seed, concept, lpips), forget_rate, retain_accuracy (each
     with a 95% bootstrap `_ci`), base_forget_rate, base_retain_accuracy, fid (on classifier features; see
     fid_features) and fid_ci (see `fid_ci`), lpips_net, n_retain, n_forget and seconds. `max_retain` evaluates
-    the first N retain prompts (neighbour prompts come first).
+    the first N retain prompts (neighbour prompts come first). `forgot` is True when forget_rate <= `forgot_below`
+    (else a warning says so: integrity means little where nothing was forgotten); None without a judge.
     Outside the embedded world, pass `clip` (a path / hub id, or a (model, processor) pair) for forget_rate and
     retain_accuracy by CLIP zero-shot classification over the task's concepts, and clip_score (torchmetrics).
     """
@@ -312,7 +317,17 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
         out["clip_score"] = clip_score(clip, new_r, r_prompts)
     out.update(n_retain=len(r_prompts), n_forget=len(f_prompts), seeds=seeds, steps=steps,
                guidance_scale=guidance_scale, seconds=time.time() - start)
+    out["forgot"] = None if "forget_rate" not in out else out["forget_rate"] <= forgot_below
+    if out["forgot"] is False and out.get("base_forget_rate", 1.0) > forgot_below:
+        warnings.warn(did_not_forget(out["forget_rate"], forgot_below), stacklevel=2)
     return out
+
+
+def did_not_forget(forget_rate: float, threshold: float = None) -> str:
+    """The warning for a run whose forget rate stayed above the threshold."""
+    threshold = FORGOT_BELOW if threshold is None else threshold
+    return (f"did not forget: forget rate {forget_rate:.2f} (> {threshold:.2f}); its retention numbers say nothing "
+            "about the cost of forgetting — train longer, raise lr, or try another method")
 
 
 def _is_world(p: str) -> bool:

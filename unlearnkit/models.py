@@ -8,6 +8,7 @@ a VAE: the training loop and the sampler only ever call `encode_images` / `decod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -117,6 +118,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    # diffusers' and transformers' "Loading ..." bars: noise in every notebook's setup cell
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+
+
 def resolve_device(device=None) -> torch.device:
     """`device` as a torch.device; None or 'auto' is cuda when a GPU is available, else cpu."""
     if device in (None, "auto"):
@@ -164,7 +180,8 @@ def load_pipeline(path_or_id: str | os.PathLike, config: str | os.PathLike | Non
         else:
             cls = DiffusionPipeline
         try:
-            pipe = cls.from_pretrained(str(path_or_id), dtype=dtype)
+            with _quiet_loading():
+                pipe = cls.from_pretrained(str(path_or_id), dtype=dtype)
         except (OSError, EnvironmentError) as e:
             raise ValueError(
                 f"could not load a pipeline from {str(path_or_id)!r}: {e}. Pass a saved pipeline folder, or a hub id "

@@ -79,3 +79,18 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
                            retain_accuracy=r.get("retain_accuracy"), n_retain=r["n_retain"])
         rows.append(row)
     return rows
+
+
+def sequence_table(rows: dict[str, list[dict]]) -> str:
+    """A markdown table: one line per (method, stage) with LPIPS_ret [95% CI], accuracy and every forget rate."""
+    concepts = list(dict.fromkeys(c for rs in rows.values() for r in rs for c in r["forget_rates"]))
+    lines = ["| method | after stage | LPIPS_ret [95% CI] | accuracy | " + " | ".join(f"forget rate {c}" for c in concepts)
+             + " |", "|---|---|---|---|" + "---|" * len(concepts)]
+    for label, rs in rows.items():
+        for r in rs:
+            lo, hi = r["lpips_ret_ci"]
+            acc = "–" if r.get("retain_accuracy") is None else f"{r['retain_accuracy']:.3f}"
+            rates = [r["forget_rates"].get(c) for c in concepts]
+            lines.append(f"| {label} | {r['stage']}: {r['concept']} | {r['lpips_ret']:.3f} [{lo:.3f}, {hi:.3f}] | {acc} | "
+                         + " | ".join("" if v is None else f"{v:.2f}" for v in rates) + " |")
+    return "\n".join(lines)
