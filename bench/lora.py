@@ -18,7 +18,7 @@ from pathlib import Path
 import unlearnkit as uk
 from unlearnkit.experiments import profile, run_method
 from unlearnkit.io import atomic_write
-from unlearnkit.metrics import LPIPSDistance
+from unlearnkit.metrics import LPIPSDistance, format_ci
 
 MEMORY_PROBE = """
 import resource, sys, unlearnkit as uk
@@ -72,10 +72,9 @@ def main(argv=None):
                                                                     "profile": "cpu"}, indent=1)))
     print("| task | method | params | LPIPS_ret [95% CI] | forget rate | accuracy | loop s | trained params |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        lo, hi = r["lpips_ret_ci"]
-        print(f"| {r['task']} | {r['method']} | {r['params']} | {r['lpips_ret']:.3f} [{lo:.3f}, {hi:.3f}] | "
-              f"{r['forget_rate']:.2f} | {r['retain_accuracy']:.3f} | {r['loop_seconds']:.1f} | {r['trained_parameters']:,} |")
+    print("\n".join(f"| {r['task']} | {r['method']} | {r['params']} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} | "
+                    f"{r['forget_rate']:.2f} | {r['retain_accuracy']:.3f} | {r['loop_seconds']:.1f} | "
+                    f"{r['trained_parameters']:,} |" for r in rows))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import unlearnkit as uk
 from unlearnkit.experiments import profile, run_method
-from unlearnkit.metrics import LPIPSDistance
+from unlearnkit.metrics import LPIPSDistance, format_ci
 
 GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
@@ -71,8 +71,7 @@ def main(argv=None):
             continue
         best = pick(mine)
         for r in mine:
-            lo, hi = r["lpips_ret_ci"]
-            print(f"| {m} | {r['overrides'] or 'default'} | {r['forget_rate']:.2f} | {r['lpips_ret']:.3f} [{lo:.3f}, {hi:.3f}] "
+            print(f"| {m} | {r['overrides'] or 'default'} | {r['forget_rate']:.2f} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} "
                   f"| {r['retain_accuracy']:.3f} | {'**yes**' if r is best else ''} |")
 
 

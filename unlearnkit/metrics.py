@@ -338,6 +338,12 @@ def _is_world(p: str) -> bool:
         return False
 
 
+def format_ci(value: float, ci, digits: int = 3) -> str:
+    """'0.023 [0.020, 0.027]': a value with its interval, as every table of the kit prints them."""
+    lo, hi = ci
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def results_table(results: dict[str, dict], path: str | Path | None = None) -> str:
     """Table 1: methods × metrics as Markdown (returned); with `path`, also writes `path`.md and `path`.csv."""
     cols = [("FID (clf)", "fid", "{:.2f}"), ("accuracy", "retain_accuracy", "{:.3f}"),
@@ -351,8 +357,7 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
             v = r.get(key)
             cell = "—" if v is None else fmt.format(v)
             if key == "lpips_ret" and v is not None:
-                lo, hi = r["lpips_ret_ci"]
-                cell += f" [{lo:.3f}, {hi:.3f}]"
+                cell = format_ci(v, r["lpips_ret_ci"])
             if key == "integrity" and v is not None:
                 lo, hi = r["lpips_ret_ci"]
                 cell += f" [{1 - hi:.3f}, {1 - lo:.3f}]"
