@@ -165,3 +165,30 @@ def test_results_table_writes_markdown_and_csv(tmp_path):
     assert "| OVW |" in md and "0.100 [0.050, 0.150]" in md and "LPIPS network: x" in md
     csv = (tmp_path / "t.csv").read_text().splitlines()
     assert csv[0].startswith("method,") and csv[2].startswith("ESD,") and len(csv) == 3
+
+
+def test_neighbour_and_rest_columns_and_the_did_not_forget_flag():
+    import warnings
+
+    import unlearnkit as uk
+    from unlearnkit.models import build_pipeline
+
+    class SeesTriangles:  # a stand-in judge: every image shows a red triangle
+        def predict(self, images):
+            return [{"object": "triangle", "colour": "red", "style": "plain"} for _ in images]
+
+    base, other = build_pipeline("tiny", seed=0), build_pipeline("tiny", seed=1)
+    task = uk.get_task("object").head(2, 30)  # 25 neighbour (square) prompts first, then 5 others
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = uk.evaluate(base, other, task, seeds=[0], steps=2, fid=False, classifier=SeesTriangles())
+    pairs = torch.tensor([p["lpips"] for p in r["retain_pairs"]])
+    near = torch.tensor([p["concept"] == "square" for p in r["retain_pairs"]])
+    assert int(near.sum()) == 25
+    assert r["lpips_neighbour"] == pytest.approx(float(pairs[near].mean()))
+    assert r["lpips_rest"] == pytest.approx(float(pairs[~near].mean()))
+    assert r["lpips_neighbour_ci"][0] <= r["lpips_neighbour"] <= r["lpips_neighbour_ci"][1]
+    assert r["forget_rate"] == 1.0 and r["forgot"] is False
+    assert any("did not forget: forget rate 1.00" in str(w.message) for w in caught)
+    table = uk.results_table({"x": r})
+    assert "LPIPS_ret neighbour" in table and f"{r['lpips_rest']:.3f} [" in table

@@ -239,7 +239,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`.
 
     Returns a dict: lpips_ret, integrity (= 1 − lpips_ret), lpips_ret_ci (95% bootstrap over prompts × seeds),
-    lpips_forget, per_concept (lpips_ret per retain concept, neighbour first), retain_pairs (one dict per retain
+    lpips_forget, per_concept (lpips_ret per retain concept, neighbour first), lpips_neighbour and lpips_rest (LPIPS_ret
+    on the neighbour concept's retain pairs and on the others, each with its `_ci`), retain_pairs (one dict per retain
     (prompt, seed) pair, in evaluation order: prompt, seed, concept, lpips), forget_rate, retain_accuracy (each
     with a 95% bootstrap `_ci`), base_forget_rate, base_retain_accuracy, fid (on classifier features; see
     fid_features) and fid_ci (see `fid_ci`), lpips_net, n_retain, n_forget and seconds. `max_retain` evaluates
@@ -279,6 +280,11 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     for pair in out["retain_pairs"]:
         per.setdefault(pair["concept"], []).append(pair["lpips"])
     out["per_concept"] = {k: sum(v) / len(v) for k, v in per.items()}
+    # the paper's claim (a): the neighbour concept pays most. LPIPS_ret on its prompts and on the rest, with intervals
+    near = torch.tensor([p["concept"] == task.neighbour_concept for p in out["retain_pairs"]])
+    if task.neighbour_concept and near.any() and not near.all():
+        for key, rows in (("lpips_neighbour", near), ("lpips_rest", ~near)):
+            out[key], out[key + "_ci"] = float(d_r[rows].mean()), bootstrap_ci(d_r[rows])
 
     # forgetting and accuracy: the concept classifier on the embedded world
     if task.kind in world.KINDS and all(_is_world(p) for p in retain_prompts + task.forget_prompts[:1]):
@@ -348,7 +354,8 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
     """Table 1: methods × metrics as Markdown (returned); with `path`, also writes `path`.md and `path`.csv."""
     cols = [("FID (clf)", "fid", "{:.2f}"), ("accuracy", "retain_accuracy", "{:.3f}"),
             ("forget rate", "forget_rate", "{:.3f}"), ("LPIPS_ret", "lpips_ret", "{:.3f}"),
-            ("I", "integrity", "{:.3f}"), ("LPIPS_forget", "lpips_forget", "{:.3f}")]
+            ("I", "integrity", "{:.3f}"), ("LPIPS_ret neighbour", "lpips_neighbour", "{:.3f}"),
+            ("LPIPS_ret rest", "lpips_rest", "{:.3f}"), ("LPIPS_forget", "lpips_forget", "{:.3f}")]
     lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     csv = ["method," + ",".join(k for _, k, _ in cols) + ",lpips_ret_lo,lpips_ret_hi"]
     for method, r in results.items():
@@ -356,8 +363,8 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
         for _, key, fmt in cols:
             v = r.get(key)
             cell = "—" if v is None else fmt.format(v)
-            if key == "lpips_ret" and v is not None:
-                cell = format_ci(v, r["lpips_ret_ci"])
+            if key in ("lpips_ret", "lpips_neighbour", "lpips_rest") and v is not None:
+                cell = format_ci(v, r[key + "_ci"])
             if key == "integrity" and v is not None:
                 lo, hi = r["lpips_ret_ci"]
                 cell += f" [{1 - hi:.3f}, {1 - lo:.3f}]"
