@@ -199,3 +199,20 @@ def test_cli_export(tmp_path, capsys):
     (tmp_path / "run" / "lora" / LORA_WEIGHT_NAME).unlink()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "l"), "--format", "lora"]) == 2
     assert "trained full weights" in capsys.readouterr().err
+
+
+def test_an_original_layout_single_file_loads_offline_like_its_folder():
+    # the fixture's README says how the file was made (diffusers' own converter, run once outside the kit)
+    from pathlib import Path
+
+    from unlearnkit.sampling import sample
+
+    here = Path(__file__).parent / "data" / "tiny-sd15-single"
+    folder = uk.load_pipeline(here / "diffusers", device="cpu")
+    single = uk.load_pipeline(here / "tiny-sd15.safetensors", config=here / "diffusers", device="cpu")
+    assert type(single).__name__ == "StableDiffusionPipeline"
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    images = [sample(p, ["a photo of a cat"], [0, 1], steps=2) for p in (folder, single)]
+    assert torch.equal(*images)
