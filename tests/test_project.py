@@ -72,3 +72,27 @@ def test_notebook_is_clean_and_holds_no_library_logic(path):
                 f"parameters hold literals only: {line!r}"
     for s in sources:
         assert not re.search(r"^\s*(def|class)\s", s, re.M), f"library logic in a notebook cell: {s[:60]!r}"
+
+
+def test_claims_are_judged_from_the_numbers():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "bench" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+
+    def r(lpips, lo, hi, forget=0.0, near=None):
+        out = {"lpips_ret": lpips, "lpips_ret_ci": (lo, hi), "forget_rate": forget}
+        if near:
+            out.update(lpips_neighbour=near[0], lpips_neighbour_ci=near[1:], lpips_rest=lpips, lpips_rest_ci=(lo, hi))
+        return out
+
+    rows = claims.claims({"ESD": r(0.05, 0.04, 0.06, near=(0.09, 0.08, 0.10)), "SalUn": r(0.04, 0.03, 0.05, forget=0.6),
+                          "SA": r(0.03, 0.02, 0.04), "OVW": r(0.01, 0.008, 0.012), "Saddle": r(0.035, 0.03, 0.04),
+                          "OVW w/o L_help": r(0.1, 0.09, 0.11)})
+    verdict = {(c, m): h for c, m, h, _ in rows}
+    assert verdict[("forgets", "SalUn")] is False and verdict[("forgets", "OVW")] is True
+    assert verdict[("(a) neighbour pays most", "ESD")] is True
+    assert verdict[("(b) help losses keep integrity", "OVW")] is True  # below ESD and SA (SalUn did not forget)
+    assert verdict[("(b) help losses keep integrity", "Saddle")] is False  # 0.035 is above SA's 0.03
+    assert verdict[("(c) L_help matters", "OVW")] is True
