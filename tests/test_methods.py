@@ -148,3 +148,13 @@ def test_lora_trains_adapters_only_and_starts_at_the_base(tiny_pipe, object_task
     assert all(torch.equal(before[n], p) for n, p in tiny_pipe.unet.named_parameters())  # the base untouched
     if method == "salun":  # the saliency mask is over the LoRA parameters
         assert lora.state["mask"] and all("lora_" in n for n in lora.state["mask"])
+
+
+def test_run_method_caches_the_methods_state(tiny_pipe, object_task, tmp_path):
+    from unlearnkit.experiments import profile, run_method
+
+    fresh = run_method(tiny_pipe, object_task, "salun", profile("smoke"), cache_dir=tmp_path, progress=False)
+    cached = run_method(tiny_pipe, object_task, "salun", profile("smoke"), cache_dir=tmp_path, progress=False)
+    assert set(cached.state) == {"mask", "relabelled"}
+    assert all(torch.equal(fresh.state["mask"][n], cached.state["mask"][n]) for n in fresh.state["mask"])
+    assert [tuple(p) for p in cached.state["relabelled"]] == fresh.state["relabelled"]

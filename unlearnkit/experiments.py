@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .data import default_cache_dir, pipeline_fingerprint
@@ -133,17 +134,53 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
         info = json.loads(meta.read_text())
         unlearned = type(pipe)(**{**pipe.components, "unet": unet})
         lora = load_file(str(folder / "lora.safetensors")) if (folder / "lora.safetensors").exists() else None
-        return UnlearnResult(pipeline=unlearned, history=info["history"], method=name, config=cfg,
+        state = _load_state(folder / "state.safetensors", info.get("state", {}))
+        return UnlearnResult(pipeline=unlearned, history=info["history"], method=name, config=cfg, state=state,
                              seconds=info["seconds"], lora=lora, lora_config=lora_config(cfg) if lora else None)
     result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, **settings)
     state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
     if result.lora is not None:  # written before the weights: a folder with weights and run.json is complete
         lora = {k: v.detach().cpu().contiguous() for k, v in result.lora.items()}
         atomic_write(folder / "lora.safetensors", lambda tmp: save_file(lora, tmp))
+    tensors, layout = _split_state(result.state)
+    atomic_write(folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
     atomic_write(weights, lambda tmp: save_file(state, tmp))
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
-        {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history})))
+        {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history,
+         "state": layout})))
     return result
+
+
+def _split_state(state: dict) -> tuple[dict, dict]:
+    # a method's state as (tensors for safetensors, a JSON layout): tensors, {name: tensor}, [tensor], or JSON values
+    tensors, layout = {}, {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            tensors[k], layout[k] = v.detach().cpu().contiguous(), "tensor"
+        elif isinstance(v, dict) and v and all(isinstance(x, torch.Tensor) for x in v.values()):
+            tensors.update({f"{k}/{n}": x.detach().cpu().contiguous() for n, x in v.items()})
+            layout[k] = {"dict": list(v)}
+        elif isinstance(v, list) and v and all(isinstance(x, torch.Tensor) for x in v):
+            tensors.update({f"{k}/{i}": x.detach().cpu().contiguous() for i, x in enumerate(v)})
+            layout[k] = {"list": len(v)}
+        else:
+            layout[k] = {"json": v}
+    return tensors, layout
+
+
+def _load_state(path: Path, layout: dict) -> dict:
+    tensors = load_file(str(path)) if path.exists() else {}
+    state = {}
+    for k, how in layout.items():
+        if how == "tensor":
+            state[k] = tensors[k]
+        elif "dict" in how:
+            state[k] = {n: tensors[f"{k}/{n}"] for n in how["dict"]}
+        elif "list" in how:
+            state[k] = [tensors[f"{k}/{i}"] for i in range(how["list"])]
+        else:
+            state[k] = how["json"]
+    return state
 
 
 

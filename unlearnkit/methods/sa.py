@@ -62,9 +62,8 @@ class SelectiveAmnesia(Method):
     needs_anchors = True
 
     def prepare(self, ctx):
-        self.state = {"fisher": diagonal_fisher(ctx, self.config),  # aligned with ctx.params
-                      "theta0": [p.detach().clone() for p in ctx.params],
-                      "names": [n for n, _ in ctx.trainable]}
+        self._theta0 = [p.detach().clone() for p in ctx.params]  # θ0: the base's values of the trained parameters
+        self.state = {"fisher": diagonal_fisher(ctx, self.config), "names": [n for n, _ in ctx.trainable]}  # aligned
 
     def step(self, ctx, forget):
         retain = ctx.draw("retain")
@@ -74,7 +73,7 @@ class SelectiveAmnesia(Method):
         retain_pred = ctx.train(retain.x_t, retain.t, ctx.e_r[retain.idx])
 
         def loss(out):
-            penalty = losses.ewc_penalty(ctx.params, self.state["theta0"], self.state["fisher"])
+            penalty = losses.ewc_penalty(ctx.params, self._theta0, self.state["fisher"])
             value = losses.sa_loss(out[pred], ctx.target(x_a, forget.noise, forget.t), out[retain_pred],
                                    retain.target, penalty, self.config.gamma, self.config.lam)
             return value, {"ewc": penalty}
