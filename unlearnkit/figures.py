@@ -272,3 +272,60 @@ def attack_figure(results: dict[str, dict[str, dict]], title: str = "", path=Non
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def block_bars(values: dict[str, dict[str, float]], ylabel: str, title: str = "", path=None, log: bool = False):
+    """Bars per UNet block, one group per entry of `values` = {label: {block: value}} (e.g. weight change, mask
+    share, Fisher mass)."""
+    blocks = list(dict.fromkeys(b for v in values.values() for b in v))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(blocks) * max(1, len(values)) + 1.5), 2.6))
+    width = 0.8 / max(1, len(values))
+    for k, (label, v) in enumerate(values.items()):
+        ax.bar([i + k * width for i in range(len(blocks))], [v.get(b, 0.0) for b in blocks], width=width, label=label)
+    ax.set_xticks([i + width * (len(values) - 1) / 2 for i in range(len(blocks))], blocks, fontsize=7, rotation=30)
+    ax.set_ylabel(ylabel, fontsize=7)
+    if log:
+        ax.set_yscale("log")
+    ax.tick_params(labelsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    if len(values) > 1:
+        ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def saddle_dual(history: list[dict], title: str = "", path=None):
+    """Saddle's game: the constrained loss (L_F, or the overwrite / ESD loss) against its bound τ, and the
+    multiplier μ on a second axis, per step."""
+    key = "forget_loss" if "forget_loss" in history[0] else "constraint_loss"
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot(steps, [h[key] for h in history], color="#7a1f5c", label=key.replace("_", " "))
+    ax.plot(steps, [h["tau"] for h in history], color="#7a1f5c", ls="--", label="τ")
+    ax.set_xlabel("step", fontsize=7)
+    ax.tick_params(labelsize=7)
+    mu = ax.twinx()
+    mu.plot(steps, [h["mu"] for h in history], color="#2a6f97", label="μ")
+    mu.set_ylabel("μ", fontsize=7, color="#2a6f97")
+    mu.tick_params(labelsize=7)
+    fig.legend(fontsize=6, loc="upper left")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def image_table(rows: dict[str, torch.Tensor], col_labels: list[str], title: str = "", path=None):
+    """A grid of images: one row per entry of `rows` = {label: [C,3,H,W] in [0,1]}, one column per label."""
+    fig, axes = plt.subplots(len(rows), len(col_labels), figsize=(1.25 * len(col_labels) + 1.6, 1.25 * len(rows)),
+                             squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(len(col_labels)):
+            _show(axes[r][c], images[c])
+            if r == 0:
+                axes[r][c].set_title(col_labels[c], fontsize=7)
+        axes[r][0].text(-0.1, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _finish(fig, path)
