@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import default_cache_dir, pipeline_fingerprint
 from .io import atomic_write
-from .methods import canonical, make_config
+from .methods import METHODS, Method, canonical, make_config
 from .catalog import get_task
 from .tasks import Task
 from .train import UnlearnResult, lora_config, unlearn
@@ -125,13 +125,14 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
                        .encode()).hexdigest()[:20]
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "runs" / f"{task.name}-{name}-{key}"
     weights, meta = folder / "unet.safetensors", folder / "run.json"
-    if weights.exists() and meta.exists():
+    info = json.loads(meta.read_text()) if weights.exists() and meta.exists() else None
+    stale = info is not None and "state" not in info and METHODS[name][0].prepare is not Method.prepare
+    if info is not None and not stale:  # (a method with a state, cached before states were: trained again)
         import copy
 
         unet = copy.deepcopy(pipe.unet)
         unet.load_state_dict(load_file(str(weights)), strict=True)
         unet.to(next(pipe.unet.parameters()).device).eval().requires_grad_(False)
-        info = json.loads(meta.read_text())
         unlearned = type(pipe)(**{**pipe.components, "unet": unet})
         lora = load_file(str(folder / "lora.safetensors")) if (folder / "lora.safetensors").exists() else None
         state = _load_state(folder / "state.safetensors", info.get("state", {}))
