@@ -164,6 +164,8 @@ def main(argv=None):
         run("ovw", ovw(False))
         run("ovw-gc", ovw(True))
     out["total_s"] = round(time.time() - start_all, 1)
+    if args.out:
+        Path(args.out).write_text(json.dumps(out) + "\n")
     print(json.dumps(out))
     return 0 if all("error" not in p for p in out["phases"].values()) else 1
 
