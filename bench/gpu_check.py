@@ -87,8 +87,8 @@ def main(argv=None):
     peak = peak_tflops(device_name, args.peak_tflops) if cuda else None
 
     t = uk.get_task("sd-vangogh")
-    task = uk.Task(name="gpu-check", forget_prompts=t.forget_prompts[:PROMPTS], retain_prompts=t.retain_prompts[:PROMPTS],
-                   anchor_prompts=t.anchor_prompts[:PROMPTS])
+    task = uk.Task(name="gpu-check", forget_prompts=t.forget_prompts[:PROMPTS],
+                   retain_prompts=t.retain_prompts[:PROMPTS], anchor_prompts=t.anchor_prompts[:PROMPTS])
     common = dict(batch_size=1, lr=1e-5, data_steps=2, data_seeds=1, retain_seeds=1, progress=False,
                   mixed_precision="bf16" if cuda else "no", cache_dir=tempfile.mkdtemp(prefix="gpu_check-"))
     out = {"device": device_name, "shape": shape, "image_size": image_size, "dry_run": args.dry_run,

@@ -6,10 +6,10 @@
 Weights, Adam states and each method's extra state are counted from the parameter counts (fp32, as the loop
 keeps them). Everything else is counted by running one training step of each method on fake tensors (torch's
 FakeTensorMode: real shapes and dtypes, no storage, no arithmetic): the trained UNet's rows, the frozen base's
-rows, SA's EWC penalty and the backward, with gradient checkpointing as diffusers does it; and the one-off
-setups that come before Adam's states exist (SalUn's saliency mask, SA's fp32 Fisher) and the data generation. A dispatch mode adds up the bytes of
-every tensor when it is made and takes them off when its storage dies, so the peak includes saved activations,
-bf16 weight copies, temporaries, activation gradients and the fp32 .grad of the trained weights.
+rows, SA's EWC penalty and the backward, with gradient checkpointing as diffusers does it; also the one-off
+setups before Adam's states exist (SalUn's saliency mask, SA's fp32 Fisher) and the data generation. A dispatch
+mode adds up the bytes of every tensor when it is made and takes them off when its storage dies, so the peak
+includes saved activations, bf16 weight copies, temporaries, activation gradients and the fp32 .grad.
 
 The dtypes are the GPU's: the step runs under CPU bf16 autocast with the ops CUDA's autocast keeps in fp32
 (GroupNorm, LayerNorm, nearest upsampling) upcast the same way, and `check_policy` first runs a UNet forward under
@@ -193,8 +193,9 @@ def check_policy():
 
 
 def measure(size: int) -> dict:
-    """Parameter counts, and the bytes every pass of a training step allocates beyond the weights, at `size` px:
-    {"step": {(params, grad_rows, nograd_rows, frozen_rows, gc): peak}, "setup": ..., "data": ...}."""
+    """What one step of each method allocates beyond the weights at `size` px, in bytes, and its FLOPs:
+    {"params": counts, "step" / "flops": {(method, batch_size, gc): n}, "salun_mask" / "sa_fisher": {(rows, gc):
+    bytes of the one-off setup}, "data": {images: peaks of sampling, decoding, encoding}, "forward_flops": n}."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -337,7 +338,7 @@ def main(argv=None):
     P = m["params"]
     gib = lambda b: f"{b / GIB:.1f}"  # noqa: E731
     fits = lambda b: "yes" if b / GIB + MARGIN_GIB <= GPU_GIB else "no"  # noqa: E731
-    print(f"SD 1.x at {args.size} px, fp32 weights, bf16 autocast, GiB; computed with bench/sd_memory.py, not measured\n")
+    print(f"SD 1.x at {args.size} px, fp32 weights, bf16 autocast, GiB; computed (bench/sd_memory.py), not measured\n")
     print("| method | trains (M params) | batch | weights + Adam + state | peak | fits 24 GB | peak with GC | fits 24 GB "
           "| TFLOP / step (with GC) |")
     print("|---|---|---|---|---|---|---|---|---|")

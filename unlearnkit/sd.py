@@ -50,8 +50,9 @@ def load_unlearned_unet(folder: str | Path, device=None, dtype=None):
 
 # Stable Diffusion 1.x (v1-4 and v1-5 share every shape). Sources: CompVis/stable-diffusion-v1-4 and
 # runwayml/stable-diffusion-v1-5 on the Hugging Face hub, read from the copies in public GitHub repositories:
-#   github.com/JSchalter/models            stable-diffusion-v1-4/{unet,text_encoder,vae}/config.json, scheduler/scheduler_config.json
-#   github.com/KiritoFD/dreambooth_       stable-diffusion-v1-5/{unet,vae}/config.json (identical fields)
+#   github.com/JSchalter/models  stable-diffusion-v1-4/{unet,text_encoder,vae}/config.json,
+#                                stable-diffusion-v1-4/scheduler/scheduler_config.json
+#   github.com/KiritoFD/dreambooth_  stable-diffusion-v1-5/{unet,vae}/config.json (the same fields)
 #   github.com/Chinmay6824/AutoMedVis-Text-to-Video-Ad-Generation  stable-diffusion-v1-5/scheduler/scheduler_config.json
 SD15_UNET = dict(  # unet/config.json
     in_channels=4, out_channels=4, sample_size=64,
@@ -79,7 +80,8 @@ SD15_SCHEDULER = dict(  # scheduler/scheduler_config.json (published as PNDMSche
 )
 
 # Stable Diffusion 2.x: stabilityai/stable-diffusion-2-1 (768 px, v-prediction), read from the copy in
-#   github.com/Luoyukeji/static-f  stable-diffusion-2-1/{unet,text_encoder,vae}/config.json, scheduler/scheduler_config.json
+#   github.com/Luoyukeji/static-f  stable-diffusion-2-1/{unet,text_encoder,vae}/config.json,
+#                                  stable-diffusion-2-1/scheduler/scheduler_config.json
 # It is SD 1.x's UNet and VAE with these fields changed.
 SD2_UNET = dict(
     SD15_UNET, sample_size=96,
