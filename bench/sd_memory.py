@@ -324,6 +324,7 @@ def table(m: dict) -> list[dict]:
             rows.append(row)
         row[key] = max(static + dynamic, setup)
         row[f"{key}_step_activations"] = dynamic
+        row[f"{key}_setup"] = setup
         row[f"{key}_tflops_per_step"] = round(m["flops"][(method, n, gc)] / 1e12, 2)
     return rows
 
@@ -352,7 +353,7 @@ def main(argv=None):
     for images, d in m["data"].items():
         print(f"| {images} | {gib(base + d['sample'])} | {gib(base + d['decode'])} | {gib(base + d['encode'])} |")
     print(json.dumps({"size": args.size, "params": P, "unet_forward_tflops_per_row": round(m["forward_flops"] / 1e12, 3),
-                      "table_gib": [{k: round(v / GIB, 2) if k in ("static", "no_gc", "gc") or k.endswith("activations")
+                      "table_gib": [{k: round(v / GIB, 2) if k in ("static", "no_gc", "gc") or k.endswith(("activations", "setup"))
                                      else v for k, v in r.items()} for r in rows],
                       "data_gib": {k: {kk: round((base + vv) / GIB, 2) for kk, vv in d.items()}
                                    for k, d in m["data"].items()}}))

@@ -42,7 +42,7 @@ def test_unknown_shape_lists_the_known_ones():
         build_tiny_sd(WORDS, image_size=60, shape="sd15-narrow")
 
 
-@pytest.mark.slow  # 2-3 minutes each on 2 CPU cores: an 860M-parameter UNet, built, copied and run
+@pytest.mark.slow  # 2.5-4.5 minutes each on 2 shared CPU cores: an 860M-parameter UNet built, copied and run
 @pytest.mark.parametrize("shape", ["sd15", "sd2"])
 def test_full_config_trains_esd_x(shape):
     # the whole published architecture at 64 px: ESD-x trains only cross-attention, so memory stays ~8 GB
