@@ -107,16 +107,6 @@ def test_sigkill_then_the_same_command_resumes_bit_identically(tiny_pipe, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gpu_check_code_path_runs_on_a_tiny_pipeline():
-    import json
-
-    out = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["steps"] == 2 and r["seconds"] > 0 and r["flops_per_step"] > 0
-
-
 def test_reproduce_names_the_failing_notebook_and_cell(tmp_path):
     import nbformat
 

@@ -28,8 +28,10 @@ def default_cache_dir() -> Path:
 
 def pipeline_fingerprint(pipe) -> str:
     """Fingerprint of every weight that shapes a generated image (UNet, text encoder, VAE) and the schedule."""
+    # diffusers' private config keys ("_use_default_values" lists names in set order, which differs per process)
+    schedule = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
     parts = [weights_fingerprint(pipe.unet), weights_fingerprint(pipe.text_encoder),
-             json.dumps(dict(pipe.scheduler.config), sort_keys=True, default=str)]
+             json.dumps(schedule, sort_keys=True, default=str)]
     if is_latent(pipe):
         parts.append(weights_fingerprint(pipe.vae))
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
