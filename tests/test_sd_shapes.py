@@ -91,7 +91,12 @@ def narrow(request, tmp_path_factory):
 CHEAP = {"sa": dict(fisher_samples=2), "salun": dict(mask_batches=1)}  # one step is the point, not the statistics
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# the default run keeps two methods (the loop's two kinds of step: a frozen-base target, and L_help + anchors);
+# .ci/run runs the others after the main suite (-m slow)
+QUICK = {"esd-x", "ovw"}
+
+
+@pytest.mark.parametrize("method", [m if m in QUICK else pytest.param(m, marks=pytest.mark.slow) for m in sorted(METHODS)])
 def test_narrow_config_runs_every_method(narrow, method):
     narrow_pipe, cache_dir = narrow
     r = uk.unlearn(narrow_pipe, TASK, method, steps=1, cache_dir=cache_dir, **FAST, **CHEAP.get(method, {}))
