@@ -50,24 +50,17 @@ def test_two_processes_unlearn_to_identical_weights(tmp_path, method):
     assert rank0["history"] != rank1["history"]  # each rank drew its own batches (seed + process_index)
 
 
-@pytest.mark.xfail(strict=True, reason="SalUn's saliency mask comes from each rank's own forget batches, so the ranks "
-                   "mask different weights and drift apart; train.py must all-reduce the summed mask gradients")
 def test_two_processes_salun_unlearn_to_identical_weights(tmp_path):
     rank0, rank1 = _unlearn_two_procs(tmp_path, "salun")
     assert rank0["weights"] == rank1["weights"]
 
 
-@pytest.mark.xfail(strict=True, reason="Saddle's multiplier μ ascends on each rank's own forget loss, so the ranks "
-                   "hold different μ; train.py must all-reduce the forget loss before the dual step")
 def test_two_processes_saddle_share_one_multiplier(tmp_path):
     rank0, rank1 = _unlearn_two_procs(tmp_path, "saddle")
     assert rank0["weights"] == rank1["weights"]
     assert [h["mu"] for h in rank0["history"]] == [h["mu"] for h in rank1["history"]]
 
 
-@pytest.mark.xfail(strict=True, reason="every rank writes out_dir/checkpoint.pt with its own generator state, so a "
-                   "resumed run restarts every rank on one random stream; train.py must save once (main process) "
-                   "with every rank's generator state and restore each rank's own")
 def test_two_processes_checkpoint_every_ranks_generator(tmp_path):
     import torch
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from . import losses
@@ -135,7 +136,11 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
                              f"{ckpt['config']}); pass a new out_dir or the same method, options and base model")
         ctx.raw_unet.load_state_dict(ckpt["unet"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
+        generators = ckpt["generator"] if isinstance(ckpt["generator"], list) else [ckpt["generator"]]
+        if len(generators) != accelerator.num_processes:
+            raise ValueError(f"{ckpt_path} was written by {len(generators)} process(es), this run has "
+                             f"{accelerator.num_processes}; resume with as many, or pass a new out_dir")
+        gen.set_state(generators[accelerator.process_index])
         step, history = ckpt["step"], ckpt["history"]
         method.state.update(ckpt["method_state"])
 
@@ -189,11 +194,14 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
                 raise FloatingPointError(f"{name}: loss became {bad['loss']} at step {bad['step']}{where}; lower lr "
                                          f"(now {cfg.lr}) or raise max_grad_norm clipping")
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if save:
-            atomic_save({"kind": "unlearn", "method": name, "config": asdict(cfg), "seed": cfg.seed, "base": fp,
-                         "step": step, "history": history, "unet": ctx.raw_unet.state_dict(),
-                         "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                         "method_state": {k: method.state[k] for k in method.resume_keys}}, ckpt_path)
+        if save:  # once, by the main process, with every process's generator
+            generators = gather_object([gen.get_state()]) if accelerator.num_processes > 1 else [gen.get_state()]
+            if accelerator.is_main_process:
+                atomic_save({"kind": "unlearn", "method": name, "config": asdict(cfg), "seed": cfg.seed, "base": fp,
+                             "step": step, "history": history, "unet": ctx.raw_unet.state_dict(),
+                             "optimizer": optimizer.state_dict(), "generator": generators,
+                             "method_state": {k: method.state[k] for k in method.resume_keys}}, ckpt_path)
+            accelerator.wait_for_everyone()
     bar.close()
 
     # the unlearned pipeline: the base's parts with the new UNet (LoRA fused into its weights, the adapter kept apart)

@@ -61,6 +61,7 @@ class Saddle(Method):
         for _ in range(8):
             b = ctx.draw("forget", generator=g)
             vals.append(self._constraint_loss(ctx, b, ctx.base(b.x_t, b.t, ctx.e_f[b.idx])).item())
+        self._reduce = ctx.accelerator.reduce  # several processes: μ ascends on the mean constraint of all ranks
         self.state = {"tau": self.config.tau_mult * sum(vals) / len(vals),
                       "mu": torch.tensor(float(self.config.mu_init), dtype=torch.float64, device=ctx.device)}
 
@@ -102,9 +103,9 @@ class Saddle(Method):
     def after_step(self, log):
         # projected ascent on μ, on the device (no host sync)
         log["mu"], log["tau"] = self.state["mu"], self.state["tau"]
+        key = "forget_loss" if self.config.constraint == "forget-loss" else "constraint_loss"
+        value = self._reduce(log[key].detach(), reduction="mean")
         if self.config.constraint == "forget-loss":
-            self.state["mu"] = losses.saddle_dual_step(self.state["mu"], self.state["tau"], log["forget_loss"],
-                                                       self.config.mu_lr)
+            self.state["mu"] = losses.saddle_dual_step(self.state["mu"], self.state["tau"], value, self.config.mu_lr)
         else:
-            self.state["mu"] = losses.dual_ascent(self.state["mu"], log["constraint_loss"] - self.state["tau"],
-                                                  self.config.mu_lr)
+            self.state["mu"] = losses.dual_ascent(self.state["mu"], value - self.state["tau"], self.config.mu_lr)

@@ -45,6 +45,7 @@ class SalUn(Method):
             loss = losses.simple_loss(ctx.model(b.x_t, b.t, ctx.e_f[b.idx]), b.target)
             for acc, g in zip(grads, torch.autograd.grad(loss, ctx.params)):
                 acc += g.detach()
+        grads = [ctx.accelerator.reduce(g, reduction="mean") for g in grads]  # several processes: one mask for all
         names = [n for n, _ in ctx.trainable]
         mask = losses.saliency_mask(dict(zip(names, grads)), self.config.mask_ratio)
         self._masks = [mask[n].to(p.dtype) for n, p in ctx.trainable]
