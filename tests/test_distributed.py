@@ -41,7 +41,7 @@ def _unlearn_two_procs(tmp_path, method, *args) -> list[dict]:
     return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
 
 
-@pytest.mark.parametrize("method", ["esd-x", "ovw"])
+@pytest.mark.parametrize("method", ["esd-x", pytest.param("ovw", marks=pytest.mark.slow)])
 def test_two_processes_unlearn_to_identical_weights(tmp_path, method):
     rank0, rank1 = _unlearn_two_procs(tmp_path, method)
     print(f"{method}, rank 0 loss history:", [round(h["loss"], 5) for h in rank0["history"]])
@@ -50,17 +50,20 @@ def test_two_processes_unlearn_to_identical_weights(tmp_path, method):
     assert rank0["history"] != rank1["history"]  # each rank drew its own batches (seed + process_index)
 
 
+@pytest.mark.slow  # two processes of torchrun, ~30 s: with the slow tests .ci/run runs after the suite
 def test_two_processes_salun_unlearn_to_identical_weights(tmp_path):
     rank0, rank1 = _unlearn_two_procs(tmp_path, "salun")
     assert rank0["weights"] == rank1["weights"]
 
 
+@pytest.mark.slow  # two processes of torchrun, ~30 s: with the slow tests .ci/run runs after the suite
 def test_two_processes_saddle_share_one_multiplier(tmp_path):
     rank0, rank1 = _unlearn_two_procs(tmp_path, "saddle")
     assert rank0["weights"] == rank1["weights"]
     assert [h["mu"] for h in rank0["history"]] == [h["mu"] for h in rank1["history"]]
 
 
+@pytest.mark.slow  # two processes of torchrun, ~30 s: with the slow tests .ci/run runs after the suite
 def test_two_processes_checkpoint_every_ranks_generator(tmp_path):
     import torch
 
