@@ -101,7 +101,8 @@ def _state():
         return None
     from accelerate import PartialState
 
-    return PartialState()
+    # cpu=True on a machine without a GPU: otherwise accelerate sees no distributed run under torchrun on CPUs
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def sample(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int = DEFAULT_STEPS,

@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under torchrun: evaluate a tiny model pair and print the numbers (rank 0)."""
 import json
+import os
 import sys
 
 import torch
@@ -19,6 +20,6 @@ from unlearnkit.sampling import sample_pairs  # noqa: E402
 
 images = sample_pairs(base, task.retain_prompts, list(range(7)), steps=3, batch_size=2)
 r = uk.evaluate(base, other, task, seeds=[0, 1, 2], steps=3, fid=False, cache_dir=sys.argv[1], batch_size=4)
-if PartialState().is_main_process:
+if PartialState().is_main_process and int(os.environ.get("RANK", "0")) == 0:  # one line, from rank 0 only
     print(json.dumps({"lpips_ret": r["lpips_ret"], "lpips_forget": r["lpips_forget"],
                       "checksum": float(images.double().sum())}))
