@@ -140,17 +140,21 @@ def test_base_image_cache_key_and_invalidation(tiny_pipe, tmp_path):
     assert len(files()) == 6 and not torch.equal(a, c)
 
 
-def test_second_evaluation_reuses_the_base_images(tiny_pipe, object_task, lpips, tmp_path):
+def test_second_evaluation_reuses_the_base_images(tiny_pipe, object_task, lpips, tmp_path, monkeypatch):
+    # counted, not timed: a second model's evaluation samples only that model, never the base again
+    from unlearnkit import data
     from unlearnkit.models import build_pipeline
 
+    sampled, real = [], data.sample_pairs
+    monkeypatch.setattr(data, "sample_pairs", lambda pipe, *a, **k: sampled.append(pipe) or real(pipe, *a, **k))
     kw = dict(seeds=[0, 1], steps=4, fid=False, lpips=lpips, cache_dir=tmp_path)
-    t = time.time()
-    uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=1), object_task, **kw)
-    first = time.time() - t
-    t = time.time()
-    uk.evaluate(tiny_pipe, build_pipeline("tiny", seed=2), object_task, **kw)
-    second = time.time() - t
-    assert second < 0.8 * first
+    first_model, second_model = build_pipeline("tiny", seed=1), build_pipeline("tiny", seed=2)
+    first = uk.evaluate(tiny_pipe, first_model, object_task, **kw)
+    assert any(p is tiny_pipe for p in sampled) and any(p is first_model for p in sampled)
+    sampled.clear()
+    second = uk.evaluate(tiny_pipe, second_model, object_task, **kw)
+    assert sampled and all(p is second_model for p in sampled)
+    assert second["lpips_ret"] != first["lpips_ret"]
 
 
 def test_bootstrap_interval_brackets_the_mean():
