@@ -61,9 +61,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON with every evaluation and claim (default bench/claims-WORD.json)")
     args = ap.parse_args(argv)
     P = profile(args.profile)
-    task = world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}")
-    if P.max_forget is not None:
-        task = task.head(P.max_forget, max(P.max_retain or 4, 4))
+    task = P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
     base, lpips = load_base(), LPIPSDistance()
     results = {}
     for m, label in FIGURE_METHODS.items():

@@ -58,12 +58,15 @@ class Profile:
     attack_settings: dict = field(default_factory=lambda: dict(steps=100, data_seeds=2, data_steps=10, seeds=(0,),
                                                                sample_steps=10))
 
+    def trim(self, task: Task) -> Task:
+        """`task` cut to this profile's sizes (unchanged when the profile keeps every forget prompt)."""
+        if self.max_forget is None:
+            return task
+        return task.head(self.max_forget, max(self.max_retain or 4, 4))
+
     def task(self, name: str) -> Task:
         """The built-in task `name`, trimmed to this profile's sizes."""
-        t = get_task(name)
-        if self.max_forget is None:
-            return t
-        return t.head(self.max_forget, max(self.max_retain or 4, 4))
+        return self.trim(get_task(name))
 
     def concept_task(self, word: str) -> Task:
         """The embedded world's task that forgets `word`, trimmed like `task`: a built-in task when `word` is the
@@ -74,8 +77,7 @@ class Profile:
         name = next((n for n, spec in BUILTIN.items() if spec["forget"] == word), None)
         if name is not None:
             return self.task(name)
-        t = world.task(word)
-        return t if self.max_forget is None else t.head(self.max_forget, max(self.max_retain or 4, 4))
+        return self.trim(world.task(word))
 
     @property
     def attack(self) -> dict:
