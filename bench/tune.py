@@ -25,15 +25,38 @@ GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
     "salun": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
     "sa": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
-    "saddle": [{}, {"tau_mult": 5.0}, {"tau_mult": 10.0}],
+    "saddle": [{"constraint": "forget-loss", "tau_mult": m} for m in (2.0, 5.0, 10.0)],
     "ovw": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
 }
+
+
+# Saddle's constraint forms (methods/saddle.py), each with the same budget of three τ multiples; run with
+# `--methods saddle-forms` on both tasks, `pick_form` chooses the default form from those rows.
+SADDLE_FORMS = {
+    "forget-loss": (2.0, 5.0, 10.0),  # τ = m × L_F(θ0): the loss on the forget data must rise
+    "overwrite": (0.1, 0.25, 0.5),  # τ = m × L_ovw(θ0): the forget prompt must come within m of the anchor
+    "esd": (0.1, 0.25, 0.5),  # τ = m × L_ESD(θ0): ESD's regression must fall to m of where it starts
+}
+GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FORMS.items() for m in ms]
 
 
 def pick(rows: list[dict]) -> dict:
     """The rule: lowest lpips_ret among configs that forget (forget_rate <= 0.2), else the lowest forget rate."""
     ok = [r for r in rows if r["forget_rate"] <= 0.2]
     return min(ok, key=lambda r: r["lpips_ret"]) if ok else min(rows, key=lambda r: (r["forget_rate"], r["lpips_ret"]))
+
+
+def pick_form(by_task: dict[str, list[dict]]) -> tuple[str | None, dict]:
+    """The constraint form Saddle defaults to: among the forms whose pick (the rule above, over its three τ)
+    forgets on every task, the one with the lowest mean lpips_ret; None when no form forgets everywhere.
+    Returns (form, {task: picked row of each form})."""
+    picks = {}
+    for form in SADDLE_FORMS:
+        picks[form] = {t: pick(rs) for t, rows in by_task.items()
+                       if (rs := [r for r in rows if r["method"] == "saddle" and r["overrides"].get("constraint") == form])}
+    ok = {f: p for f, p in picks.items() if len(p) == len(by_task) and all(r["forget_rate"] <= 0.2 for r in p.values())}
+    best = min(ok, key=lambda f: sum(r["lpips_ret"] for r in ok[f].values()) / len(ok[f])) if ok else None
+    return best, picks
 
 
 def main(argv=None):
@@ -50,8 +73,11 @@ def main(argv=None):
     task, lpips = P.task(args.task), LPIPSDistance()
     # what the rows depend on besides the method's config: a changed profile runs them again
     setting = {"method_overrides": P.method_overrides, **P.evaluation}
-    for m in args.methods.split(","):
-        for cfg in GRID[m]:
+    for name in args.methods.split(","):
+        if name not in GRID:
+            raise SystemExit(f"--methods: unknown {name!r}; choose from {', '.join(GRID)}")
+        m = "saddle" if name == "saddle-forms" else name
+        for cfg in GRID[name]:
             if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting for r in rows):
                 continue
             t = time.time()
@@ -65,14 +91,27 @@ def main(argv=None):
             os.replace(tmp, out)
             print(json.dumps(rows[-1]), flush=True)
     print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
-    for m in GRID:
+    for m in (g for g in GRID if g != "saddle-forms"):
         mine = [r for r in rows if r["method"] == m and r.get("profile") == setting]
         if not mine:
             continue
-        best = pick(mine)
+        if m == "saddle":  # the pick is made within the default constraint form (`pick_form`)
+            from unlearnkit.methods.saddle import SaddleConfig
+            form = SaddleConfig().constraint
+            best = pick([r for r in mine if r["overrides"].get("constraint", "forget-loss") == form])
+        else:
+            best = pick(mine)
         for r in mine:
             print(f"| {m} | {r['overrides'] or 'default'} | {r['forget_rate']:.2f} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} "
                   f"| {r['retain_accuracy']:.3f} | {'**yes**' if r is best else ''} |")
+
+    both = {t: json.loads(Path(f"bench/tune-{t}.json").read_text()) for t in ("object", "style")
+            if Path(f"bench/tune-{t}.json").exists()}
+    form, picks = pick_form({t: [r for r in rows if r.get("profile") == setting] for t, rows in both.items()})
+    print(f"\nSaddle's constraint forms (pick per task, lpips_ret / forget rate); default by the rule: {form}")
+    for f, p in picks.items():
+        print(f"| {f} | " + " | ".join(f"{t}: {r['overrides'].get('tau_mult')}× → {r['lpips_ret']:.4f} / {r['forget_rate']:.2f}"
+                                       for t, r in p.items()) + " |")
 
 
 if __name__ == "__main__":

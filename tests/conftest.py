@@ -4,6 +4,8 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# explore() and the sliders draw static figures in the notebooks nbmake runs (kernels inherit this environment)
+os.environ.setdefault("UNLEARNKIT_STATIC", "1")
 
 
 @pytest.fixture(autouse=True)

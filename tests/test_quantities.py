@@ -32,3 +32,63 @@ def test_esd_panel_rows_are_clean_image_estimates(tiny_pipe):
     rows0, _ = q.esd_panel(tiny_pipe, tiny_pipe, "a red triangle, plain style", timesteps=(100, 900), etas=(0.0,), steps=2)
     assert torch.allclose(rows0["ESD target η=0"], rows0["base, ∅"]) and torch.equal(rows0["unlearned, c_f"],
                                                                                       rows0["base, c_f"])
+
+
+def test_ovw_panel_target_is_the_base_on_the_anchor(tiny_pipe):
+    rows, cols = q.ovw_panel(tiny_pipe, tiny_pipe, "a red triangle, plain style", "a red blob, plain style",
+                             timesteps=(300,), steps=2)
+    assert cols == ["t=300"] and len(rows) == 4
+    base_f, target, model = list(rows.values())[1:]
+    # the unlearned model = the base: it predicts the forget prompt's image, not the anchor's
+    assert torch.equal(model, base_f) and not torch.equal(model, target)
+
+
+def test_snapshots_are_kept_cached_and_sampled(tiny_pipe, object_task, tmp_path):
+    from unlearnkit.experiments import profile, run_method
+
+    P = profile("smoke")
+    run = run_method(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False, steps=4,
+                     snapshots=(0.25, 0.5))
+    assert sorted(run.snapshots) == [1, 2]
+    assert all(all("attn2" in n for n in w) for w in run.snapshots.values())  # ESD-x: only what trains is kept
+    assert not torch.equal(run.snapshots[1][next(iter(run.snapshots[1]))], run.snapshots[2][next(iter(run.snapshots[2]))])
+    again = run_method(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False, steps=4,
+                       snapshots=(0.25, 0.5))
+    assert all(torch.equal(run.snapshots[k][n], again.snapshots[k][n]) for k in run.snapshots for n in run.snapshots[k])
+    rows, cols = q.snapshot_images(tiny_pipe, again, ["a red triangle, plain style"], steps=2, cache_dir=tmp_path)
+    assert cols == ["0% (step 0)", "25% (step 1)", "50% (step 2)", "100% (step 4)"]
+    images = rows["a red triangle, plain style"]
+    assert images.shape == (4, 3, 32, 32)
+    # step 0 is the base's image, the last column the unlearned pipeline's
+    assert torch.equal(images[0], uk.sample(tiny_pipe, ["a red triangle, plain style"], steps=2)[0])
+    assert torch.equal(images[3], uk.sample(again.pipeline, ["a red triangle, plain style"], steps=2)[0])
+    # LoRA runs keep adapters, not weights: refused with the fix
+    import pytest
+
+    with pytest.raises(ValueError, match="snapshots"):
+        run_method(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, params="lora", snapshots=(0.5,))
+
+
+def test_explore_draws_a_figure_headless_and_widgets_live(tiny_pipe, object_task):
+    import ipywidgets
+    import matplotlib.figure
+
+    from unlearnkit.explorer import esd_sliders
+    from unlearnkit.metrics import LPIPSDistance
+
+    lpips = LPIPSDistance()
+    fig = uk.explore(tiny_pipe, {"same": tiny_pipe}, object_task, lpips, steps=2, interactive=False)
+    assert isinstance(fig, matplotlib.figure.Figure) and "LPIPS 0.000" in fig.axes[2].get_title()
+    box = uk.explore(tiny_pipe, {"same": tiny_pipe}, object_task, lpips, steps=2, interactive=True)
+    picks = box.children[0].children
+    assert [p.description for p in picks] == ["method", "prompt", "seed"]
+    assert list(picks[1].options)[:len(object_task.forget_prompts)] == list(object_task.forget_prompts)
+    picks[2].value = 1  # another seed redraws without error
+    assert isinstance(esd_sliders(tiny_pipe, "a red triangle, plain style", steps=2, interactive=False),
+                      matplotlib.figure.Figure)
+    assert isinstance(esd_sliders(tiny_pipe, "a red triangle, plain style", steps=2, interactive=True),
+                      ipywidgets.interactive)
+    import pytest
+
+    with pytest.raises(ValueError, match="runs is empty"):
+        uk.explore(tiny_pipe, {}, object_task, lpips)

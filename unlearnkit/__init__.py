@@ -8,6 +8,7 @@ from . import methods, world
 from .attacks import attack
 from .catalog import get_task
 from .classifier import load_classifier
+from .explorer import explore
 from .export import export
 from .methods import register_method
 from .metrics import evaluate, results_table
@@ -19,4 +20,4 @@ from .train import unlearn
 
 __version__ = "0.1.0"
 __all__ = ["world", "methods", "register_method", "Task", "get_task", "load_base", "load_pipeline", "load_classifier",
-           "sample", "unlearn", "evaluate", "results_table", "export", "unlearn_sequence", "attack"]
+           "sample", "unlearn", "evaluate", "results_table", "export", "unlearn_sequence", "attack", "explore"]

@@ -20,7 +20,7 @@ from .io import atomic_write
 from .methods import METHODS, Method, canonical, make_config
 from .catalog import get_task
 from .tasks import Task
-from .train import UnlearnResult, lora_config, unlearn
+from .train import Snapshots, UnlearnResult, lora_config, unlearn
 
 # the methods of the paper's figures and table, in column order, with their display names
 FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddle", "ovw": "OVW",
@@ -116,9 +116,12 @@ def profile(name: str) -> Profile:
 
 
 def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
-               use_tuned: bool = True, **overrides) -> UnlearnResult:
+               use_tuned: bool = True, snapshots=(), **overrides) -> UnlearnResult:
     """`unlearn` with the profile's settings and the task's tuned config (`TUNED`; `use_tuned=False` for the
-    method's defaults), cached on disk: a second call with the same arguments loads the UNet."""
+    method's defaults), cached on disk: a second call with the same arguments loads the UNet.
+
+    `snapshots`: fractions of the steps (e.g. (0.25, 0.5)) after which the trained weights are kept too, in
+    `result.snapshots` (cached beside the weights; a cached run without them trains again)."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     settings = {**prof.method_overrides, **(tuned(task.name, name) if use_tuned else {}), **overrides}
@@ -127,8 +130,12 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
                        .encode()).hexdigest()[:20]
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "runs" / f"{task.name}-{name}-{key}"
     weights, meta = folder / "unet.safetensors", folder / "run.json"
+    if snapshots and cfg.params == "lora":
+        raise ValueError("snapshots= is not supported for params='lora' runs; drop it or train full weights")
+    steps = sorted({min(cfg.steps, max(0, round(f * cfg.steps))) for f in snapshots})
     info = json.loads(meta.read_text()) if weights.exists() and meta.exists() else None
     stale = info is not None and "state" not in info and METHODS[name][0].prepare is not Method.prepare
+    stale = stale or (info is not None and not {str(k) for k in steps} <= set(info.get("snapshots", {})))
     if info is not None and not stale:  # (a method with a state, cached before states were: trained again)
         import copy
 
@@ -138,19 +145,27 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
         unlearned = type(pipe)(**{**pipe.components, "unet": unet})
         lora = load_file(str(folder / "lora.safetensors")) if (folder / "lora.safetensors").exists() else None
         state = _load_state(folder / "state.safetensors", info.get("state", {}))
+        kept = _load_state(folder / "snapshots.safetensors", {str(k): {"dict": info["snapshots"][str(k)]} for k in steps})
         return UnlearnResult(pipeline=unlearned, history=info["history"], method=name, config=cfg, state=state,
-                             seconds=info["seconds"], lora=lora, lora_config=lora_config(cfg) if lora else None)
-    result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, **settings)
+                             seconds=info["seconds"], lora=lora, lora_config=lora_config(cfg) if lora else None,
+                             snapshots={int(k): v for k, v in kept.items()})
+    keep = Snapshots(steps)
+    result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, callback=keep if steps else None,
+                     **settings)
+    result.snapshots = keep.weights
     state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
     if result.lora is not None:  # written before the weights: a folder with weights and run.json is complete
         lora = {k: v.detach().cpu().contiguous() for k, v in result.lora.items()}
         atomic_write(folder / "lora.safetensors", lambda tmp: save_file(lora, tmp))
     tensors, layout = _split_state(result.state)
     atomic_write(folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
+    kept, kept_layout = _split_state({str(k): v for k, v in keep.weights.items()})
+    if kept:
+        atomic_write(folder / "snapshots.safetensors", lambda tmp: save_file(kept, tmp))
     atomic_write(weights, lambda tmp: save_file(state, tmp))
     atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
         {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history,
-         "state": layout})))
+         "state": layout, "snapshots": {k: v["dict"] for k, v in kept_layout.items()}})))
     return result
 
 

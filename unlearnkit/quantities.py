@@ -51,6 +51,38 @@ def fisher_mass(fisher: list[torch.Tensor], names: list[str]) -> dict[str, float
     return {b: v / total for b, v in per.items()}
 
 
+class _Noised:
+    """The base model's image of `prompt` (seed `seed`) noised to each timestep, and x̂0 of a UNet's prediction:
+    x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ (ε models) or √ᾱ x_t − √(1−ᾱ) v̂ (v models), decoded to images in [0,1]."""
+
+    def __init__(self, base, prompt, seed, timesteps, steps, guidance_scale, cache_dir):
+        from .backbone import encode_images
+
+        self.base, device = base, pipeline_device(base)
+        x0 = encode_images(base, cached_sample_pairs(base, [prompt], [seed], steps, guidance_scale, cache_dir))
+        self.sched = training_scheduler(base)
+        self.t = torch.tensor(list(timesteps), device=device)
+        self.a = self.sched.alphas_cumprod.to(device)[self.t].view(-1, 1, 1, 1)
+        noise = torch.randn((len(self.t), *x0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(device)
+        self.x_t = self.a.sqrt() * x0 + (1 - self.a).sqrt() * noise
+
+    def predict(self, pipe, prompt):
+        return pipe.unet(self.x_t, self.t, encode_prompts(pipe, [prompt] * len(self.t))).sample
+
+    def x0_hat(self, pred):
+        from .backbone import decode_latents
+
+        a, x_t = self.a, self.x_t
+        if self.sched.config.prediction_type == "v_prediction":
+            return decode_latents(self.base, a.sqrt() * x_t - (1 - a).sqrt() * pred)
+        return decode_latents(self.base, (x_t - (1 - a).sqrt() * pred) / a.sqrt())
+
+    def noisy(self):
+        from .backbone import decode_latents
+
+        return decode_latents(self.base, self.x_t)
+
+
 @torch.no_grad()
 def esd_panel(base, unlearned, prompt: str, seed: int = 0, timesteps=(250, 500, 750), etas=(0.5, 1.0, 2.0),
               steps: int = 20, guidance_scale: float = 2.0, cache_dir=None) -> tuple[dict, list[str]]:
@@ -58,27 +90,49 @@ def esd_panel(base, unlearned, prompt: str, seed: int = 0, timesteps=(250, 500, 
 
     Returns ({row label: images [len(timesteps),3,H,W] in [0,1]}, column labels): x_t, the base's conditional and
     unconditional predictions, the negatively guided target ε_θ0(∅) − η(ε_θ0(c_f) − ε_θ0(∅)) for each η, and the
-    unlearned model's prediction. x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ (ε models) or √ᾱ x_t − √(1−ᾱ) v̂ (v models).
+    unlearned model's prediction (`unlearned` None: left out).
     """
-    from .backbone import decode_latents, encode_images
-
-    device = pipeline_device(base)
-    x0 = encode_images(base, cached_sample_pairs(base, [prompt], [seed], steps, guidance_scale, cache_dir))
-    sched = training_scheduler(base)
-    t = torch.tensor(list(timesteps), device=device)
-    a = sched.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
-    noise = torch.randn((len(t), *x0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(device)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    cond, null = encode_prompts(base, [prompt] * len(t)), encode_prompts(base, [""] * len(t))
-
-    def x0_hat(pred):
-        if sched.config.prediction_type == "v_prediction":
-            return decode_latents(base, a.sqrt() * x_t - (1 - a).sqrt() * pred)
-        return decode_latents(base, (x_t - (1 - a).sqrt() * pred) / a.sqrt())
-
-    b_cond, b_null = base.unet(x_t, t, cond).sample, base.unet(x_t, t, null).sample
-    rows = {"x_t": decode_latents(base, x_t), "base, c_f": x0_hat(b_cond), "base, ∅": x0_hat(b_null)}
+    n = _Noised(base, prompt, seed, timesteps, steps, guidance_scale, cache_dir)
+    b_cond, b_null = n.predict(base, prompt), n.predict(base, "")
+    rows = {"x_t": n.noisy(), "base, c_f": n.x0_hat(b_cond), "base, ∅": n.x0_hat(b_null)}
     for eta in etas:
-        rows[f"ESD target η={eta:g}"] = x0_hat(esd_target(b_null, b_cond, eta))
-    rows["unlearned, c_f"] = x0_hat(unlearned.unet(x_t, t, encode_prompts(unlearned, [prompt] * len(t))).sample)
-    return rows, [f"t={int(v)}" for v in timesteps]
+        rows[f"ESD target η={eta:g}"] = n.x0_hat(esd_target(b_null, b_cond, eta))
+    if unlearned is not None:
+        rows["unlearned, c_f"] = n.x0_hat(n.predict(unlearned, prompt))
+    return rows, [f"t={int(v)}" for v in n.t.tolist()]
+
+
+@torch.no_grad()
+def ovw_panel(base, unlearned, prompt: str, anchor: str, seed: int = 0, timesteps=(250, 500, 750),
+              steps: int = 20, guidance_scale: float = 2.0, cache_dir=None) -> tuple[dict, list[str]]:
+    """OVW's quantities as x̂0 images: the base on the forget prompt, OVW's target (the base on the anchor
+    prompt, sg[ε_θ0(x_t, c_a)]), and the unlearned model on the forget prompt, which should match the target."""
+    n = _Noised(base, prompt, seed, timesteps, steps, guidance_scale, cache_dir)
+    rows = {"x_t": n.noisy(), f"base, c_f ({prompt})": n.x0_hat(n.predict(base, prompt)),
+            f"target: base, c_a ({anchor})": n.x0_hat(n.predict(base, anchor)),
+            "unlearned, c_f": n.x0_hat(n.predict(unlearned, prompt))}
+    return rows, [f"t={int(v)}" for v in n.t.tolist()]
+
+
+@torch.no_grad()
+def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guidance_scale: float = 2.0,
+                    cache_dir=None) -> tuple[dict, list[str]]:
+    """The model being unlearned, sampled at the start, after each kept step (`run_method(..., snapshots=...)`)
+    and at the end: ({prompt: images [S,3,H,W]}, column labels "0%", "25% (step 12)", ...), same seed throughout."""
+    import copy
+
+    from .sampling import sample
+
+    total = result.config.steps
+    columns = {0: cached_sample_pairs(base, list(prompts), [seed] * len(prompts), steps, guidance_scale, cache_dir)}
+    for k, weights in sorted(result.snapshots.items()):
+        if 0 < k < total:
+            unet = copy.deepcopy(base.unet)
+            unet.load_state_dict({n: w.to(pipeline_device(base)) for n, w in weights.items()}, strict=False)
+            pipe = type(base)(**{**base.components, "unet": unet})
+            pipe.set_progress_bar_config(disable=True)
+            columns[k] = sample(pipe, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale, progress=False)
+    columns[total] = sample(result.pipeline, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale,
+                            progress=False)
+    labels = [f"{100 * k / total:.0f}% (step {k})" for k in columns]
+    return {p: torch.stack([columns[k][i] for k in columns]) for i, p in enumerate(prompts)}, labels

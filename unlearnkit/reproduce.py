@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
     from .experiments import profile as get_profile
 
     get_profile(profile)  # validates the name before anything runs
+    os.environ["UNLEARNKIT_STATIC"] = "1"  # headless: explore() and the sliders draw static figures (unlearnkit.explorer)
     src = Path(notebooks) if notebooks else notebooks_dir()
     books = sorted(p for p in src.glob("[0-9][0-9]_*.ipynb"))
     if only:

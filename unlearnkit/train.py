@@ -37,6 +37,19 @@ class UnlearnResult:
     state: dict = field(default_factory=dict)  # what the method computed: SalUn's mask, SA's Fisher, Saddle's τ, μ
     lora: dict | None = None  # params="lora": the adapter's weights (peft's state dict); `pipeline` has them fused
     lora_config: object = None  # params="lora": its peft LoraConfig
+    snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} of the trained weights (`Snapshots`)
+
+
+class Snapshots:
+    """An `unlearn` callback that keeps CPU copies of the trained weights after the given steps (0: the start),
+    e.g. to sample the model after 25%, 50% and 100% of its steps (`quantities.snapshot_images`)."""
+
+    def __init__(self, steps):
+        self.steps, self.weights = set(steps), {}
+
+    def __call__(self, step: int, unet) -> None:
+        if step in self.steps:
+            self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
 def lora_config(cfg):
@@ -80,11 +93,13 @@ def _flush(pending: list[dict], history: list[dict]) -> None:
 
 
 def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_dir=None,
-            progress: bool = True, device=None, **overrides) -> UnlearnResult:
+            progress: bool = True, device=None, callback=None, **overrides) -> UnlearnResult:
     """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
 
     Trains on `device` (default: where `pipe` is). With `out_dir`, checkpoints (weights, optimiser, RNG, method
     state, config, seed) are written there atomically, and the same call again resumes from the last one.
+    `callback(step, unet)`, when given, is called before the first step (step 0) and after every step with the
+    number of steps done and the UNet being trained (read it, do not change it: e.g. keep snapshots).
     """
     name = canonical(method)
     method = make_method(name, **overrides)
@@ -147,6 +162,8 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name)
     sync_every = 1 if device.type == "cpu" else 25  # host-device syncs to read the logged losses
+    if callback is not None and step == 0:
+        callback(0, ctx.raw_unet)
     while step < cfg.steps:
         ctx.step = step
         for _ in range(cfg.grad_accum):
@@ -183,6 +200,8 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         pending.append({"step": step, **log, "loss": loss.detach()})
         step += 1
         bar.update(1)
+        if callback is not None:
+            callback(step, ctx.raw_unet)
 
         # read the logs, stop on a non-finite loss, checkpoint
         save = ckpt_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps)

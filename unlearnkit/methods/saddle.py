@@ -29,7 +29,7 @@ class SaddleConfig(UnlearnConfig):
     lr: float = 1e-4
     help_weight: float = 1.0
     constraint: str = "forget-loss"  # g(θ) ≤ 0: 'forget-loss' (L_F ≥ τ), 'overwrite' (L_ovw ≤ τ), 'esd' (L_ESD ≤ τ)
-    tau_mult: float = 2.0  # τ = tau_mult × the constraint's loss on the base (> 1 for forget-loss, < 1 for the others)
+    tau_mult: float | None = None  # τ = tau_mult × the constraint's loss on the base; None: TAU_MULT[constraint]
     mu_lr: float = 2.0  # η_μ: step size of the projected ascent on μ
     mu_init: float = 1.0  # starting multiplier
 
@@ -37,11 +37,15 @@ class SaddleConfig(UnlearnConfig):
         super().__post_init__()
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"unknown constraint {self.constraint!r}; choose one of: {', '.join(CONSTRAINTS)}")
+        if self.tau_mult is None:
+            self.tau_mult = TAU_MULT[self.constraint]
         if self.tau_mult <= 0:
             raise ValueError(f"tau_mult must be > 0, got {self.tau_mult}")
 
 
 CONSTRAINTS = ("forget-loss", "overwrite", "esd")
+# default τ multiple per form: > 1 where the loss must rise (forget-loss), < 1 where it must fall
+TAU_MULT = {"forget-loss": 2.0, "overwrite": 0.25, "esd": 0.25}
 
 
 @register_method("saddle")
