@@ -1,6 +1,6 @@
 """Benchmarks, measured side by side in one run (ratios, not absolute times: the machine is noisy).
 
-    python bench/run.py [--quick] [--model base|tiny] [--device cpu|cuda]
+    python bench/run.py [--quick] [--model base|tiny] [--device cpu|cuda] [--compile MODE]
 
 1. Step throughput of every method in the kit's loop vs a naive reference loop written here: the
    text encoder run every step, separate fp32 UNet calls for each frozen target and each example
@@ -107,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer steps and prompts (a few minutes)")
     ap.add_argument("--model", default="base", help="'base' (the shipped model) or 'tiny' (random)")
     ap.add_argument("--device", default="auto", help="cpu or cuda (default: cuda when there is a GPU)")
+    ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                    help="the kit's loop runs its UNet passes through torch.compile with this mode")
     args = ap.parse_args(argv)
     steps, batch = (12, 4) if args.quick else (30, 8)
     device = resolve_device(args.device)
@@ -117,10 +119,13 @@ def main(argv=None):
     rows, ratios = [], {}
     for m in METHODS:
         overrides = dict(steps=steps, batch_size=batch, data_steps=10, data_seeds=1, params="full")
-        uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, **{**overrides, "steps": 1})  # warm-up, caches
+        # warm-up (caches; with --compile, the compilation: 3 steps, CUDA graphs record after the first ones)
+        uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, compile=args.compile,
+                   **{**overrides, "steps": 3 if args.compile else 1})
         # the loop's own time (UnlearnResult.seconds): the one-off work before it (data encoding, SalUn's mask,
         # SA's Fisher) is not step throughput, and the naive loop's setup is not timed either
-        kit = steps / uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, **overrides).seconds
+        kit = steps / uk.unlearn(pipe, task, m, cache_dir=cache, progress=False, compile=args.compile,
+                                 **overrides).seconds
         naive = naive_steps(pipe, task, m, steps, batch, data)
         ratios[m] = kit / naive
         rows.append(f"| {m} | {kit:.2f} | {naive:.2f} | {ratios[m]:.2f} |")
@@ -156,7 +161,8 @@ def main(argv=None):
     print(f"sampling: {ips:.2f} images/s (20 DDIM steps, guidance 2); peak memory {peak:.0f} MiB")
     print(json.dumps({"step_speedup_min": round(min(ratios.values()), 3), "step_speedup": {k: round(v, 3) for k, v in ratios.items()},
                       "eval_cache_ratio": round(with_cache / without, 3), "sampling_images_per_s": round(ips, 3),
-                      "peak_memory_mib": round(peak), "model": args.model, "quick": args.quick, "device": str(device)}))
+                      "peak_memory_mib": round(peak), "model": args.model, "quick": args.quick, "device": str(device),
+                      "compile": args.compile}))
 
 
 if __name__ == "__main__":

@@ -202,3 +202,30 @@ def test_run_method_applies_the_tasks_tuned_config_and_table_extras(tiny_pipe, o
                                                  progress=False, extras={"ESD + L_help": ("esd-x", {"help_weight": 1.0})})
     assert list(results) == ["base", "ESD", "ESD + L_help"] and list(pipes) == ["base", "ESD", "ESD + L_help"]
     assert results["ESD + L_help"]["lpips_ret"] >= 0
+
+
+def test_compile_runs_both_passes_through_torch_compile_with_the_same_losses(tiny_pipe, object_task, monkeypatch):
+    # the plumbing, fast: torch.compile replaced by a recorder that runs the module as it is
+    calls, ran = [], []
+
+    def fake_compile(module, mode=None):
+        calls.append((type(module).__name__, mode))
+        return lambda *a, **k: (ran.append(mode), module(*a, **k))[1]
+
+    plain = uk.unlearn(tiny_pipe, object_task, "ovw", **FAST)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled = uk.unlearn(tiny_pipe, object_task, "ovw", compile="reduce-overhead", **FAST)
+    assert [m for _, m in calls] == ["reduce-overhead", "reduce-overhead"]  # the trained UNet and the frozen base
+    assert len(ran) >= 2 * FAST["steps"]  # every step's passes went through them
+    assert [h["loss"] for h in compiled.history] == [h["loss"] for h in plain.history]
+    with pytest.raises(ValueError, match="unknown compile 'fast'"):
+        uk.unlearn(tiny_pipe, object_task, "ovw", compile="fast", **FAST)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_eager(tiny_pipe, object_task):
+    # the real torch.compile (inductor on the CPU; minutes): the same losses as eager to float tolerance
+    plain = uk.unlearn(tiny_pipe, object_task, "esd-x", **FAST)
+    compiled = uk.unlearn(tiny_pipe, object_task, "esd-x", compile="default", **FAST)
+    for a, b in zip(plain.history, compiled.history):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"]))

@@ -88,14 +88,15 @@ def cmd_unlearn(args):
     tasks = _tasks(args)
     pipe = _load(args.model, args.device, args.config)
     if len(tasks) == 1:
-        result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, **overrides)
+        result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, compile=args.compile,
+                         **overrides)
     else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
         from .sequence import stage_tasks
 
         history = []
         for i, task in enumerate(stage_tasks(tasks)):
             result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
-                             progress=not args.json, **overrides)
+                             progress=not args.json, compile=args.compile, **overrides)
             pipe = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
     sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="config overrides, e.g. --set steps=200 --set help_weight=1")
+    sp.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                    help="run the UNet passes through torch.compile (reduce-overhead: CUDA graphs; for GPUs)")
     config_arg(sp)
     task_args(sp)
     common(sp)

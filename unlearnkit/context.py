@@ -76,12 +76,17 @@ class StepContext:
     """
 
     def __init__(self, pipe, task, cfg, accelerator, unet, base_unet, trainable, data, gen, num_timesteps,
-                 alphas_cumprod, prediction_type, fingerprint, cache_dir):
+                 alphas_cumprod, prediction_type, fingerprint, cache_dir, compile=None):
         self.pipe, self.task, self.config, self.accelerator = pipe, task, cfg, accelerator
         self.device = accelerator.device
         self.unet = unet  # the trained UNet (wrapped by accelerate)
         self.raw_unet = accelerator.unwrap_model(unet)
         self.base_unet = base_unet  # the frozen base; None with LoRA: the trained UNet with its adapters off
+        # the callables of the two passes: the modules, or torch.compile'd views of them (same parameters)
+        self._run_unet, self._run_base = unet, base_unet
+        if compile is not None:
+            self._run_unet = torch.compile(unet, mode=compile)
+            self._run_base = torch.compile(base_unet, mode=compile) if base_unet is not None else None
         self.trainable = trainable  # [(name, parameter)] that train
         self.params = [p for _, p in trainable]
         self.num_timesteps, self.alphas_cumprod, self.prediction_type = num_timesteps, alphas_cumprod, prediction_type
@@ -125,13 +130,13 @@ class StepContext:
     def model(self, x, t, e) -> torch.Tensor:
         """The trained UNet's output now, with gradients (float32)."""
         with self.accelerator.autocast():
-            return self.unet(x, t, e).sample.float()
+            return self._run_unet(x, t, e).sample.float()
 
     def base(self, x, t, e) -> torch.Tensor:
         """The frozen base UNet's output now, without gradients (float32)."""
         with torch.no_grad(), self.accelerator.autocast():
             if self.base_unet is not None:
-                return self.base_unet(x, t, e).sample.float()
+                return self._run_base(x, t, e).sample.float()
             self.raw_unet.disable_adapters()  # LoRA: one UNet in memory, the base is it without its adapters
             try:
                 return self.raw_unet(x, t, e).sample.float()

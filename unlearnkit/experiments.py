@@ -116,12 +116,13 @@ def profile(name: str) -> Profile:
 
 
 def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
-               use_tuned: bool = True, snapshots=(), **overrides) -> UnlearnResult:
+               use_tuned: bool = True, snapshots=(), compile: str | None = None, **overrides) -> UnlearnResult:
     """`unlearn` with the profile's settings and the task's tuned config (`TUNED`; `use_tuned=False` for the
     method's defaults), cached on disk: a second call with the same arguments loads the UNet.
 
     `snapshots`: fractions of the steps (e.g. (0.25, 0.5)) after which the trained weights are kept too, in
-    `result.snapshots` (cached beside the weights; a cached run without them trains again)."""
+    `result.snapshots` (cached beside the weights; a cached run without them trains again). `compile`: as in
+    `unlearn` (how the UNet runs, not what it learns: not part of the cache key)."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     settings = {**prof.method_overrides, **(tuned(task.name, name) if use_tuned else {}), **overrides}
@@ -151,7 +152,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
                              snapshots={int(k): v for k, v in kept.items()})
     keep = Snapshots(steps)
     result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, callback=keep if steps else None,
-                     **settings)
+                     compile=compile, **settings)
     result.snapshots = keep.weights
     state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
     if result.lora is not None:  # written before the weights: a folder with weights and run.json is complete

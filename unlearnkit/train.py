@@ -52,6 +52,9 @@ class Snapshots:
             self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+
+
 def lora_config(cfg):
     """The peft LoraConfig of a params="lora" run: rank r, alpha r, on the attention projections `lora_targets`."""
     from peft import LoraConfig
@@ -93,15 +96,20 @@ def _flush(pending: list[dict], history: list[dict]) -> None:
 
 
 def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_dir=None,
-            progress: bool = True, device=None, callback=None, **overrides) -> UnlearnResult:
+            progress: bool = True, device=None, callback=None, compile: str | None = None,
+            **overrides) -> UnlearnResult:
     """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
 
     Trains on `device` (default: where `pipe` is). With `out_dir`, checkpoints (weights, optimiser, RNG, method
     state, config, seed) are written there atomically, and the same call again resumes from the last one.
     `callback(step, unet)`, when given, is called before the first step (step 0) and after every step with the
     number of steps done and the UNet being trained (read it, do not change it: e.g. keep snapshots).
+    `compile` runs the UNet passes through `torch.compile` with that mode: 'default', 'reduce-overhead' (CUDA
+    graphs: for GPUs, where a step is bound by kernel launches) or 'max-autotune'; the first steps pay for it.
     """
     name = canonical(method)
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"unknown compile {compile!r}; choose None or one of: {', '.join(map(str, COMPILE_MODES[1:]))}")
     method = make_method(name, **overrides)
     cfg = method.config
     if method.needs_anchors and not task.anchor_prompts:
@@ -138,7 +146,7 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ctx = StepContext(pipe, task, cfg, accelerator, unet, base_unet, trainable, data, gen,
                       noise_scheduler.config.num_train_timesteps, noise_scheduler.alphas_cumprod.to(device),
-                      prediction_type, fp, cache_dir)
+                      prediction_type, fp, cache_dir, compile=compile)
     method.prepare(ctx)
 
     # resume from the last checkpoint in out_dir
