@@ -1,6 +1,7 @@
 """The tuning sweep behind `unlearnkit.experiments.TUNED`: every method gets the same budget of three configs.
 
     python bench/tune.py [--task style] [--cache runs/cache] [--out bench/tune-style.json]
+    python bench/tune.py --forget blue --neighbour green     # a concept of the world: the per-kind rule's sweep
 
 Each method runs its default and two values of its main knob (the learning rate; Saddle's τ multiple),
 on the cpu profile, and is evaluated against the base on the same prompts and seeds. The rule that picks a
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 
 import unlearnkit as uk
+from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
+from unlearnkit.methods import make_config
 from unlearnkit.metrics import LPIPSDistance, format_ci
 
 GRID = {
@@ -38,6 +41,12 @@ SADDLE_FORMS = {
     "esd": (0.1, 0.25, 0.5),  # τ = m × L_ESD(θ0): ESD's regression must fall to m of where it starts
 }
 GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FORMS.items() for m in ms]
+
+
+# The sweep behind a kind's rule (`experiments.KIND_RULES`), run on one pair of that kind and checked on
+# another (`bench/claims.py`): concepts of that kind are harder to forget, so the learning rate goes up, never down.
+KIND_GRID = {m: [{}, {"lr": 3 * make_config(m).lr}, {"lr": 10 * make_config(m).lr}]
+             for m in ("esd-x", "salun", "sa", "saddle", "ovw")}
 
 
 def pick(rows: list[dict]) -> dict:
@@ -64,20 +73,26 @@ def main(argv=None):
     ap.add_argument("--task", default="style")
     ap.add_argument("--cache", default=None, help="the cache folder of runs and samples (default: unlearnkit's)")
     ap.add_argument("--out", default=None, help="JSON results (default bench/tune-<task>.json)")
-    ap.add_argument("--methods", default=",".join(GRID))
+    ap.add_argument("--methods", default=None, help=f"comma-separated, of: {', '.join(GRID)} (default: all but saddle-forms)")
+    ap.add_argument("--forget", default=None, help="sweep KIND_GRID on the world's task forgetting this word instead")
+    ap.add_argument("--neighbour", default=None, help="with --forget: the concept to watch")
     args = ap.parse_args(argv)
-    out = Path(args.out or f"bench/tune-{args.task}.json")
+    grid = KIND_GRID if args.forget else GRID
+    args.methods = args.methods or ",".join(m for m in grid if m != "saddle-forms")
+    out = Path(args.out or f"bench/tune-{args.forget or args.task}.json")
     rows = json.loads(out.read_text()) if out.exists() else []
     P = profile("cpu")
     base = uk.load_base(device="cpu")
-    task, lpips = P.task(args.task), LPIPSDistance()
+    task = (P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
+            if args.forget else P.task(args.task))
+    lpips = LPIPSDistance()
     # what the rows depend on besides the method's config: a changed profile runs them again
     setting = {"method_overrides": P.method_overrides, **P.evaluation}
     for name in args.methods.split(","):
-        if name not in GRID:
-            raise SystemExit(f"--methods: unknown {name!r}; choose from {', '.join(GRID)}")
+        if name not in grid:
+            raise SystemExit(f"--methods: unknown {name!r}; choose from {', '.join(grid)}")
         m = "saddle" if name == "saddle-forms" else name
-        for cfg in GRID[name]:
+        for cfg in grid[name]:
             if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting for r in rows):
                 continue
             t = time.time()
@@ -91,11 +106,11 @@ def main(argv=None):
             os.replace(tmp, out)
             print(json.dumps(rows[-1]), flush=True)
     print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
-    for m in (g for g in GRID if g != "saddle-forms"):
+    for m in (g for g in grid if g != "saddle-forms"):
         mine = [r for r in rows if r["method"] == m and r.get("profile") == setting]
         if not mine:
             continue
-        if m == "saddle":  # the pick is made within the default constraint form (`pick_form`)
+        if m == "saddle" and not args.forget:  # the pick is made within the default constraint form (`pick_form`)
             from unlearnkit.methods.saddle import SaddleConfig
             form = SaddleConfig().constraint
             best = pick([r for r in mine if r["overrides"].get("constraint", "forget-loss") == form])
@@ -105,6 +120,8 @@ def main(argv=None):
             print(f"| {m} | {r['overrides'] or 'default'} | {r['forget_rate']:.2f} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} "
                   f"| {r['retain_accuracy']:.3f} | {'**yes**' if r is best else ''} |")
 
+    if args.forget:
+        return
     both = {t: json.loads(Path(f"bench/tune-{t}.json").read_text()) for t in ("object", "style")
             if Path(f"bench/tune-{t}.json").exists()}
     form, picks = pick_form({t: [r for r in rows if r.get("profile") == setting] for t, rows in both.items()})

@@ -116,3 +116,20 @@ def test_clip_zero_shot_forget_rate_accuracy_and_clipscore(sd_dir, sd_task, tiny
     assert len(pred) == 3 and set(pred) <= set(labels)
     with pytest.raises(ValueError, match="could not load a CLIP model"):
         load_clip(sd_dir / "unet")
+
+
+def test_the_vae_runs_in_chunks_with_the_same_images(sd_dir, monkeypatch):
+    # 512-px data generation: the VAE must never see a whole group at once (docs/SD.md)
+    from unlearnkit import backbone
+
+    pipe = uk.load_pipeline(str(sd_dir))
+    images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        latents = backbone.encode_images(pipe, images, generator=torch.Generator().manual_seed(1))
+        whole = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+        sizes = []
+        decode = pipe.vae.decode
+        monkeypatch.setattr(pipe.vae, "decode", lambda z, **k: (sizes.append(len(z)), decode(z, **k))[1])
+        chunked = backbone.decode_latents(pipe, latents)
+    assert latents.shape[0] == 10 and sizes == [4, 4, 2]
+    assert torch.allclose(chunked, ((whole.float() + 1) / 2).clamp(0, 1), atol=1e-5)

@@ -9,6 +9,11 @@ import torch
 from diffusers import DDPMScheduler
 
 
+# images per VAE call: at 512 px SD's VAE holds ~1 GiB of activations per image, so a group of 24 would need
+# ~22 GiB at once (computed in docs/SD.md); in chunks of 4 the peak stays at a few GiB whatever the group size
+VAE_BATCH = 4
+
+
 def check_words(tokenizer, prompts: list[str]) -> None:
     """Raise a ValueError naming the first word the tokenizer does not know (and listing the known ones)."""
     unk = tokenizer.unk_token_id
@@ -58,13 +63,15 @@ def encode_images(pipe, images: torch.Tensor, generator: torch.Generator | None 
     if not is_latent(pipe):
         return x
     x = x.to(pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.sample(generator) * pipe.vae.config.scaling_factor
+    return torch.cat([pipe.vae.encode(c).latent_dist.sample(generator) for c in x.split(VAE_BATCH)]) \
+        * pipe.vae.config.scaling_factor
 
 
 def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """Inverse of `encode_images`: images [N,3,H,W] in [0,1], float32."""
     if is_latent(pipe):
-        latents = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor).sample
+        scaled = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+        latents = torch.cat([pipe.vae.decode(c).sample for c in scaled.split(VAE_BATCH)])
     return ((latents.float() + 1) / 2).clamp(0, 1)
 
 

@@ -35,13 +35,20 @@ TUNED: dict[str, dict[str, dict]] = {
     "object": {"salun": {"lr": 3e-5}},  # measured 2026-11-29: bench/tune-object.json, README "Tuning"
     "style": {"esd-x": {"lr": 1e-3}, "sa": {"lr": 3e-5}},  # the only ESD config that forgot wavy at 50 steps
 }
+# Per-kind rules for any other concept of the world, picked by the same rule from `bench/tune.py --forget WORD`
+# on one pair of the kind and checked on another (`bench/claims.py`). Empty: the defaults forget that kind.
+KIND_RULES: dict[str, dict[str, dict]] = {}
 _TUNED_PARENT = {"ovw-nohelp": "ovw"}
 
 
-def tuned(task_name: str, method: str) -> dict:
-    """The tuned overrides of `method` on the built-in task `task_name` ({} when its default won)."""
+def tuned(task_name: str, method: str, kind: str | None = None) -> dict:
+    """The tuned overrides of `method` on the built-in task `task_name`, else the rule of the task's concept
+    `kind` (`KIND_RULES`); {} when the method's default won."""
     name = canonical(method)
-    return dict(TUNED.get(task_name, {}).get(_TUNED_PARENT.get(name, name), {}))
+    name = _TUNED_PARENT.get(name, name)
+    if task_name in TUNED:
+        return dict(TUNED[task_name].get(name, {}))
+    return dict(KIND_RULES.get(kind, {}).get(name, {}))
 
 
 @dataclass
@@ -125,7 +132,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     `unlearn` (how the UNet runs, not what it learns: not part of the cache key)."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
-    settings = {**prof.method_overrides, **(tuned(task.name, name) if use_tuned else {}), **overrides}
+    settings = {**prof.method_overrides, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}
     cfg = make_config(name, **settings)
     key = hashlib.sha1(json.dumps([pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)], default=str)
                        .encode()).hexdigest()[:20]
