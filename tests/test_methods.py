@@ -118,7 +118,12 @@ def test_state_of_each_method_is_returned(tiny_pipe, object_task):
     for prompt, label in salun["relabelled"]:
         a, b = uk.world.parse(prompt), uk.world.parse(label)
         assert a["object"] == "triangle" and b["object"] != "triangle" and (a["colour"], a["style"]) == (b["colour"], b["style"])
+    # Saddle's τ and μ after its last projected ascent step: μ ← max(0, μ + η_μ·g), g = L_ovw − τ (the default)
+    # or τ − L_F (constraint="forget-loss")
     saddle = uk.unlearn(tiny_pipe, object_task, "saddle", **FAST)
+    assert saddle.state["tau"] > 0 and float(saddle.state["mu"]) == pytest.approx(
+        max(0.0, saddle.history[-1]["mu"] + 2.0 * (saddle.history[-1]["constraint_loss"] - saddle.state["tau"])))
+    saddle = uk.unlearn(tiny_pipe, object_task, "saddle", constraint="forget-loss", **FAST)
     assert saddle.state["tau"] > 0 and float(saddle.state["mu"]) == pytest.approx(
         max(0.0, saddle.history[-1]["mu"] + 2.0 * (saddle.state["tau"] - saddle.history[-1]["forget_loss"])))
 

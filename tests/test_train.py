@@ -127,10 +127,13 @@ def test_checkpoint_of_another_run_is_refused(tiny_pipe, object_task, tmp_path):
         uk.unlearn(tiny_pipe, object_task, "esd-x", out_dir=tmp_path, **FAST)
 
 
-def test_saddle_logs_multiplier_and_forget_loss(tiny_pipe, object_task):
-    h = uk.unlearn(tiny_pipe, object_task, "saddle", steps=3, batch_size=2, data_steps=2, progress=False).history
-    assert all({"mu", "tau", "forget_loss", "help"} <= set(x) for x in h)
-    assert all(x["mu"] >= 0 for x in h) and h[0]["tau"] > 0
+def test_saddle_logs_multiplier_and_its_constraint_loss(tiny_pipe, object_task):
+    for constraint, key in (("overwrite", "constraint_loss"), ("forget-loss", "forget_loss"), ("esd", "constraint_loss")):
+        h = uk.unlearn(tiny_pipe, object_task, "saddle", steps=3, batch_size=2, data_steps=2, progress=False,
+                       constraint=constraint).history
+        assert all({"mu", "tau", key, "help"} <= set(x) for x in h), constraint
+        assert all(x["mu"] >= 0 for x in h) and h[0]["tau"] > 0
+    assert uk.methods.make_config("saddle").constraint == "overwrite"  # chosen by bench/tune.py (docs/RESULTS.md)
 
 
 def test_regression_target_matches_diffusers_for_epsilon_and_v():
