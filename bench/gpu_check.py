@@ -1,6 +1,6 @@
 """One prepared GPU check: Stable Diffusion 1.x shapes (random weights) at 512 px under bf16 autocast.
 
-    python bench/gpu_check.py              # on an H100 / H200: about 3-4 minutes, capped at 5 (the phase limits)
+    python bench/gpu_check.py              # on an H100 / H200: about 5-6 minutes, capped at 7.5 (the phase limits)
     python bench/gpu_check.py --dry-run    # the same code on the CPU in fp32: 64 px, 2 steps, SD 1.x's narrow shape
 
 Phases, each under its own time limit (PHASE_LIMIT_S); a phase that fails or runs out of time records its
@@ -10,6 +10,9 @@ error and the next one still runs:
   esd-x    ESD-x, 1000 steps, x_t from the data, batch 1: seconds, steps/s, peak memory, fraction of the bf16 peak
   ovw      OVW on the whole UNet (with L_help), 100 steps: steps/s, peak memory
   ovw-gc   the same with gradient checkpointing
+  esd-x-compiled  ESD-x as above with compile="reduce-overhead" (torch.compile + CUDA graphs): compile seconds
+           (a 3-step run), then steps/s; the dry run takes the same path without compiling (minutes on a CPU;
+           tests/test_train.py checks inductor on the CPU)
 The last line printed is one JSON object; `--out FILE` also rewrites FILE after every phase, so a run that
 dies (a killed process, a lost machine) still leaves the phases it finished.
 """
@@ -33,7 +36,7 @@ from unlearnkit.sd import build_tiny_sd
 
 # dense bf16 tensor-core peak in TFLOP/s, by a substring of torch.cuda.get_device_name(); the first match wins
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0)]
-PHASE_LIMIT_S = {"setup": 60, "flops": 45, "esd-x": 120, "ovw": 35, "ovw-gc": 40}  # 300 s in all
+PHASE_LIMIT_S = {"setup": 60, "flops": 45, "esd-x": 120, "ovw": 35, "ovw-gc": 40, "esd-x-compiled": 150}  # 450 s in all
 DRY_RUN_LIMIT_S = 600  # per phase on a (possibly shared) CPU
 PROMPTS = 2  # forget / retain / anchor prompts of sd-vangogh used (one base image each)
 
@@ -157,12 +160,22 @@ def main(argv=None):
                     "final_loss": r.history[-1]["loss"]}
         return phase
 
+    def esd_x_compiled():
+        mode = None if args.dry_run else "reduce-overhead"
+        t = time.time()
+        uk.unlearn(pipe, task, "esd-x", steps=3, x_t="data", compile=mode, **common)  # compiles, records the graphs
+        warm = time.time() - t
+        r = uk.unlearn(pipe, task, "esd-x", steps=esd_steps, x_t="data", compile=mode, **common)
+        return {"compile": mode, "warmup_s": round(warm, 1), "steps": esd_steps, "seconds": round(r.seconds, 2),
+                "steps_per_s": round(esd_steps / r.seconds, 2), "final_loss": r.history[-1]["loss"]}
+
     run("setup", setup)
     if pipe is not None:
         run("flops", flops)
         run("esd-x", esd_x)
         run("ovw", ovw(False))
         run("ovw-gc", ovw(True))
+        run("esd-x-compiled", esd_x_compiled)
     out["total_s"] = round(time.time() - start_all, 1)
     if args.out:
         Path(args.out).write_text(json.dumps(out) + "\n")

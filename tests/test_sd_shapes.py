@@ -139,9 +139,9 @@ def test_gpu_check_dry_run_prints_every_phase(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["dry_run"] and r["shape"] == "sd15-narrow" and r["image_size"] == 64
-    assert list(r["phases"]) == ["setup", "flops", "esd-x", "ovw", "ovw-gc"]
+    assert list(r["phases"]) == ["setup", "flops", "esd-x", "ovw", "ovw-gc", "esd-x-compiled"]
     assert not any("error" in p for p in r["phases"].values())
     assert r["phases"]["flops"]["flops_per_step"] > 1e9  # three SD-shaped UNet passes and a backward
-    for name in ("esd-x", "ovw", "ovw-gc"):
+    for name in ("esd-x", "ovw", "ovw-gc", "esd-x-compiled"):
         assert r["phases"][name]["steps"] == 2 and r["phases"][name]["steps_per_s"] > 0
     assert json.loads((tmp_path / "partial.json").read_text()) == r
