@@ -2,7 +2,11 @@
 
     python bench/lora.py [--tasks object,style] [--methods esd-x,salun,ovw] [--out bench/lora.json]
 
-For each task × method × {full, lora}: LPIPS_ret [95% CI], forget rate, the loop's seconds and the trained
+First the learning-rate rule (`experiments.LORA_LR_MULT`): at the full-weight learning rates LoRA does not forget
+(forget rate 1.00 for all three on the object task), so each method's LoRA run gets its tuned lr × m for
+m in LR_MULTS on the object task (the same budget for all three), and one m is picked for all: among the m at which
+every method forgets (forget rate <= 0.2), the lowest mean LPIPS_ret. Then for each task × method × {full, lora}
+(LoRA at the picked m): LPIPS_ret [95% CI], forget rate, the loop's seconds and the trained
 parameter count; then the peak RSS of one full and one LoRA run of OVW, each in a fresh process. Runs go
 through `run_method`'s cache, so an interrupted sweep resumes; results are written as they come (atomically).
 """
@@ -16,7 +20,8 @@ import sys
 from pathlib import Path
 
 import unlearnkit as uk
-from unlearnkit.experiments import profile, run_method
+from unlearnkit.experiments import LORA_LR_MULT, profile, run_method, tuned
+from unlearnkit.methods import make_config
 from unlearnkit.io import atomic_write
 from unlearnkit.metrics import LPIPSDistance, format_ci
 
@@ -38,6 +43,23 @@ def trained_parameters(run) -> int:
     return sum(p.numel() for n, p in run.pipeline.unet.named_parameters() if not p.equal(before[n]))
 
 
+LR_MULTS = (10.0, 30.0, 100.0)
+
+
+def lora_lr(task, method, P, mult):
+    """The LoRA run's learning rate: the method's tuned (or default) full-weight lr × mult."""
+    return mult * make_config(method, **{**P.method_overrides, **tuned(task.name, method, task.kind)}).lr
+
+
+def pick_mult(rows) -> float | None:
+    """The multiplier at which every method forgets with the lowest mean LPIPS_ret (None: no such multiplier)."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["lr_mult"], []).append(r)
+    ok = {m: rs for m, rs in by.items() if all(r["forget_rate"] <= 0.2 for r in rs)}
+    return min(ok, key=lambda m: sum(r["lpips_ret"] for r in ok[m]) / len(ok[m])) if ok else None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="object,style")
@@ -46,7 +68,31 @@ def main(argv=None):
     args = ap.parse_args(argv)
     P, base, lpips = profile("cpu"), uk.load_base(device="cpu"), LPIPSDistance()
     out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    rows, sweep = saved.get("rows", []), saved.get("lr_sweep", [])
+
+    def save(**more):
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps({**saved, "rows": rows, "lr_sweep": sweep, **more},
+                                                                      indent=1)))
+
+    # the learning-rate rule, on the object task
+    task = P.task("object")
+    for method in args.methods.split(","):
+        for mult in LR_MULTS:
+            if any(r["method"] == method and r["lr_mult"] == mult for r in sweep):
+                continue
+            run = run_method(base, task, method, P, params="lora", lr=lora_lr(task, method, P, mult))
+            r = uk.evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
+            sweep.append({"method": method, "lr_mult": mult, "lr": run.config.lr, "lpips_ret": r["lpips_ret"],
+                          "lpips_ret_ci": r["lpips_ret_ci"], "forget_rate": r["forget_rate"]})
+            print(json.dumps(sweep[-1]), flush=True)
+            save()
+    mult = pick_mult(sweep)
+    if mult is None:
+        mult = max(LR_MULTS)
+        print(f"no multiplier makes every method forget; the rows below use the largest, × {mult}")
+    print(f"LoRA lr rule: × {mult} (experiments.LORA_LR_MULT = {LORA_LR_MULT})")
+    rows = [r for r in rows if r["params"] == "full" or r.get("lr_mult") == mult]  # LoRA rows of another rule go
     done = {(r["task"], r["method"], r["params"]) for r in rows}
     for task_name in args.tasks.split(","):
         task = P.task(task_name)
@@ -54,22 +100,22 @@ def main(argv=None):
             for params in ("full", "lora"):
                 if (task_name, method, params) in done:
                     continue
-                run = run_method(base, task, method, P, **({"params": "lora"} if params == "lora" else {}))
+                lora = {"params": "lora", "lr": lora_lr(task, method, P, mult)} if params == "lora" else {}
+                run = run_method(base, task, method, P, **lora)
                 r = uk.evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
                 rows.append({"task": task_name, "method": method, "params": params, "lpips_ret": r["lpips_ret"],
                              "lpips_ret_ci": r["lpips_ret_ci"], "forget_rate": r["forget_rate"],
                              "retain_accuracy": r["retain_accuracy"], "loop_seconds": run.seconds,
-                             "trained_parameters": trained_parameters(run)})
+                             "trained_parameters": trained_parameters(run), **({"lr_mult": mult} if lora else {})})
                 print(json.dumps(rows[-1]), flush=True)
-                atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps({"rows": rows}, indent=1)))
+                save()
     memory = {}
     for params in ("full", "lora"):  # each in a fresh process: ru_maxrss is a high-water mark
         res = subprocess.run([sys.executable, "-c", MEMORY_PROBE, params, str(Path(args.out).parent / ".lora-cache")],
                              capture_output=True, text=True, check=True)
         memory[params] = float(res.stdout.strip().splitlines()[-1])
     print(json.dumps({"peak_rss_mib": memory}))
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps({"rows": rows, "peak_rss_mib_ovw_object": memory,
-                                                                    "profile": "cpu"}, indent=1)))
+    save(peak_rss_mib_ovw_object=memory, profile="cpu", lr_mult=mult)
     print("| task | method | params | LPIPS_ret [95% CI] | forget rate | accuracy | loop s | trained params |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(f"| {r['task']} | {r['method']} | {r['params']} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} | "

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "00_quickstart": {"comparison_grid(": 1},
     "03_esd": {"loss_curves(": 1, "retain_spread(": 1, "quantities.esd_panel(": 2, "comparison_grid(": 1,
-               "run_u = run_method(": 1},
+               "run_u = run_method(": 1, "quantities.snapshot_images(": 1, "esd_sliders(": 1},
 }
 
 

@@ -30,6 +30,12 @@ def live() -> bool:
     return shell is not None and "IPKernelApp" in shell.config
 
 
+def _once(fig):
+    # the static figure is the call's value: Jupyter shows it as the cell's result, so pyplot must not show it again
+    plt.close(fig)
+    return fig
+
+
 def _pipeline(run):
     return getattr(run, "pipeline", run)  # an UnlearnResult or a pipeline
 
@@ -71,7 +77,7 @@ def explore(base, runs: dict, task, lpips, classifier=None, seeds=(0, 1, 2, 3), 
     show = lambda label, prompt, seed: compare_view(base, runs[label], prompt, seed, lpips, classifier, label,
                                                     steps, guidance_scale)
     if not (live() if interactive is None else interactive):
-        return show(next(iter(runs)), prompts[0], seeds[0])
+        return _once(show(next(iter(runs)), prompts[0], seeds[0]))
     import ipywidgets as w
     from IPython.display import display
 
@@ -105,7 +111,7 @@ def esd_sliders(base, prompt: str, seed: int = 0, unlearned=None, steps: int = 2
         return image_table({f"t={t}": torch.cat(list(rows.values()))}, list(rows), title=f"'{prompt}', η={eta:g}")
 
     if not (live() if interactive is None else interactive):
-        return show(1.0, 500)
+        return _once(show(1.0, 500))
     import ipywidgets as w
 
     def draw(eta, t):
