@@ -85,3 +85,15 @@ def test_ladder_and_loss_curves():
     fig = figures.loss_curves([{"step": 0, "loss": 1.0, "mu": 0.0}, {"step": 1, "loss": 0.5, "mu": 0.1}])
     assert [ax.get_title() for ax in fig.axes] == ["loss", "mu"]
     assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 0.5]
+
+
+def test_figure_path_keeps_each_profiles_figures_apart(tmp_path, monkeypatch):
+    from unlearnkit.experiments import figure_path, profile
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    assert figure_path("cpu", tmp_path, "table1.md") == tmp_path / "table1.md"
+    assert figure_path("full", tmp_path, "table1.md") == tmp_path / "table1_full.md"
+    assert figure_path("gpu", tmp_path, "fig1_style.png") == tmp_path / "fig1_style_gpu.png"
+    assert figure_path("smoke", tmp_path, "table1.md").parent != tmp_path  # tests never touch figures/
+    full = profile("full")
+    assert full.method_overrides.get("steps", 100) == 100 and len(full.eval_seeds) >= 2 and full.max_retain is None

@@ -113,13 +113,16 @@ PROFILES = {
     # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) keep `reproduce`
     # (13 unlearning runs) within 20 min on 2 cores
     "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), eval_seeds=(0,), sample_steps=10),
+    # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt (hours for all notebooks;
+    # `unlearnkit reproduce --profile full --only 10` writes figures/table1_full.*, resumable through the run cache)
+    "full": Profile("full", method_overrides=dict(data_steps=10), eval_seeds=(0, 1), max_retain=None, sample_steps=10),
     "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2),
                    attack_settings=dict(steps=300, data_seeds=2, data_steps=20, seeds=(0, 1, 2, 3), sample_steps=20)),
 }
 
 
 def profile(name: str) -> Profile:
-    """The named profile: 'smoke', 'cpu' (default reproduction) or 'gpu'."""
+    """The named profile: 'smoke', 'cpu' (default reproduction), 'full' (the paper's budget, CPU) or 'gpu'."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
     return PROFILES[name]
@@ -216,11 +219,14 @@ def _load_state(path: Path, layout: dict) -> dict:
 
 
 def figure_path(prof: Profile | str, figures_dir: str | Path, filename: str) -> Path:
-    """Where a notebook saves a figure: `figures_dir/filename`, or a scratch folder under the smoke profile
-    (so that tests never overwrite the committed figures)."""
+    """Where a notebook saves a figure: `figures_dir/filename` on the cpu profile (the committed reproduction),
+    `figures_dir/<stem>_<profile><suffix>` on the others (table1_full.md, fig1_style_gpu.png), or a scratch folder
+    under the smoke profile (so that tests never overwrite the committed figures)."""
     prof = profile(prof) if isinstance(prof, str) else prof
     folder = Path(figures_dir) if prof.name != "smoke" else default_cache_dir() / "smoke-figures"
     folder.mkdir(parents=True, exist_ok=True)
+    if prof.name not in ("cpu", "smoke"):
+        filename = f"{Path(filename).stem}_{prof.name}{Path(filename).suffix}"
     return folder / filename
 
 
