@@ -176,23 +176,33 @@ def ladder_figure(ladder: dict, title: str = "", path=None):
 
 def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True):
     """Per retain concept, every pair's LPIPS to the base (evaluate's `retain_pairs`) as dots and their mean as
-    a bar, one panel per entry of `results` = {label: evaluate dict}; concepts in evaluation order (neighbour
-    first). `sharey=False` gives each panel its own scale (results of very different sizes)."""
+    a bar with its 95% bootstrap interval, one panel per entry of `results` = {label: evaluate dict}; concepts in
+    evaluation order (neighbour first). `sharey=False` gives each panel its own scale (results of very different
+    sizes)."""
+    from .metrics import bootstrap_ci
+
     width = max(3.2, 0.5 * _n_concepts(results) + 1.2)
-    fig, axes = plt.subplots(1, len(results), figsize=(width * len(results), 2.6), squeeze=False, sharey=sharey)
+    cols = min(4, len(results))  # four panels a row
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 2.6 * rows), squeeze=False, sharey=sharey)
+    for ax in axes.ravel()[len(results):]:
+        ax.set_visible(False)
     g = torch.Generator().manual_seed(0)  # the dots' horizontal jitter
-    for ax, (label, r) in zip(axes[0], results.items()):
+    for ax, (label, r) in zip(axes.ravel(), results.items()):
         concepts = list(dict.fromkeys(p["concept"] for p in r["retain_pairs"]))
         for k, c in enumerate(concepts):
             v = torch.tensor([p["lpips"] for p in r["retain_pairs"] if p["concept"] == c])
             jitter = (torch.rand(len(v), generator=g) - 0.5) * 0.35
+            lo, hi = bootstrap_ci(v) if len(v) > 1 else (float(v.mean()),) * 2
             ax.bar(k, float(v.mean()), width=0.6, color="#f3d9b1", zorder=1)
+            ax.errorbar(k, float(v.mean()), yerr=[[float(v.mean()) - lo], [hi - float(v.mean())]], color="#333333",
+                        capsize=3, lw=1, zorder=3)
             ax.scatter(k + jitter, v, s=9, color="#7a1f5c", alpha=0.8, lw=0, zorder=2)
         ax.set_xticks(range(len(concepts)), concepts, fontsize=7, rotation=30)
         ax.set_title(f"{label}: LPIPS_ret {r['lpips_ret']:.3f}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes[0][:1] if sharey else axes[0]:
+    for ax in axes[:, 0] if sharey else axes.ravel()[:len(results)]:
         ax.set_ylabel("LPIPS to the base image", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
