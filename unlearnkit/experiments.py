@@ -20,7 +20,8 @@ from .io import atomic_write
 from .methods import METHODS, Method, canonical, make_config
 from .catalog import get_task
 from .tasks import Task
-from .train import Snapshots, UnlearnResult, lora_config, unlearn
+from .quantities import Snapshots
+from .train import UnlearnResult, lora_config, unlearn
 
 # the methods of the paper's figures and table, in column order, with their display names
 FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddle", "ovw": "OVW",

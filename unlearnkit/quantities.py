@@ -1,5 +1,6 @@
 """What a method works with, made visible (the method notebooks 03–07): where the weights moved, which weights
-SalUn freed, where SA's Fisher sits, and ESD's negatively guided target as images.
+SalUn freed, where SA's Fisher sits, ESD's negatively guided target and OVW's anchor target as images, and the
+model sampled along its steps (`Snapshots`, `snapshot_images`).
 
 Every function reads a result or a model and returns plain numbers or images; `figures.py` draws them.
 """
@@ -11,6 +12,18 @@ import torch
 from .backbone import encode_prompts, pipeline_device, training_scheduler
 from .data import cached_sample_pairs
 from .losses import esd_target
+
+
+class Snapshots:
+    """An `unlearn` callback that keeps CPU copies of the trained weights after the given steps (0: the start),
+    e.g. to sample the model after 25%, 50% and 100% of its steps (`quantities.snapshot_images`)."""
+
+    def __init__(self, steps):
+        self.steps, self.weights = set(steps), {}
+
+    def __call__(self, step: int, unet) -> None:
+        if step in self.steps:
+            self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
 def block_of(name: str) -> str:

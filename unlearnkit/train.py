@@ -37,19 +37,7 @@ class UnlearnResult:
     state: dict = field(default_factory=dict)  # what the method computed: SalUn's mask, SA's Fisher, Saddle's τ, μ
     lora: dict | None = None  # params="lora": the adapter's weights (peft's state dict); `pipeline` has them fused
     lora_config: object = None  # params="lora": its peft LoraConfig
-    snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} of the trained weights (`Snapshots`)
-
-
-class Snapshots:
-    """An `unlearn` callback that keeps CPU copies of the trained weights after the given steps (0: the start),
-    e.g. to sample the model after 25%, 50% and 100% of its steps (`quantities.snapshot_images`)."""
-
-    def __init__(self, steps):
-        self.steps, self.weights = set(steps), {}
-
-    def __call__(self, step: int, unet) -> None:
-        if step in self.steps:
-            self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
+    snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} (run_method's `quantities.Snapshots`)
 
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
