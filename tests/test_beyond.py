@@ -43,6 +43,13 @@ def test_each_stage_starts_from_the_previous_stage(tiny_pipe, three_tasks):
     assert [r["stage"] for r in rows] == [1, 2]
     assert list(rows[0]["forget_rates"]) == ["triangle"] and list(rows[1]["forget_rates"]) == ["triangle", "wavy"]
     assert rows[1]["lpips_ret"] > 0 and rows[1]["n_retain"] == 3
+    for row in rows:  # every forget rate with its interval around it
+        assert list(row["forget_rates_ci"]) == list(row["forget_rates"])
+        assert all(lo <= row["forget_rates"][c] <= hi for c, (lo, hi) in row["forget_rates_ci"].items())
+    from unlearnkit.figures import sequence_figure
+
+    fig = sequence_figure({"ESD-x": rows})
+    assert len(fig.axes) == 3 and fig.axes[2].get_title() == "forget rate of 'wavy'"
 
 
 def test_attack_trains_only_the_new_word(tiny_pipe, object_task):

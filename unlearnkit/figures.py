@@ -232,8 +232,8 @@ def loss_curves(history: list[dict], title: str = "", path=None):
 
 def sequence_figure(rows: dict[str, list[dict]], title: str = "", path=None):
     """Sequential erasure (`sequence.evaluate_sequence` per method): LPIPS_ret against the stage with its 95%
-    interval, then one panel per erased concept with its forget rate against the stage (from the stage that
-    erased it on). `rows` = {method label: rows}."""
+    interval, then one panel per erased concept with its forget rate and interval against the stage (from the
+    stage that erased it on). `rows` = {method label: rows}."""
     concepts = list(dict.fromkeys(c for rs in rows.values() for r in rs for c in r["forget_rates"]))
     fig, axes = plt.subplots(1, 1 + len(concepts), figsize=(3.2 * (1 + len(concepts)), 2.8), squeeze=False)
     for label, rs in rows.items():
@@ -242,9 +242,12 @@ def sequence_figure(rows: dict[str, list[dict]], title: str = "", path=None):
         err = [[v - r["lpips_ret_ci"][0] for v, r in zip(y, rs)], [r["lpips_ret_ci"][1] - v for v, r in zip(y, rs)]]
         axes[0][0].errorbar(stages, y, yerr=err, marker="o", ms=3, capsize=2, label=label)
         for ax, c in zip(axes[0][1:], concepts):
-            pts = [(r["stage"], r["forget_rates"][c]) for r in rs if r["forget_rates"].get(c) is not None]
+            pts = [(r["stage"], r["forget_rates"][c], (r.get("forget_rates_ci") or {}).get(c)) for r in rs
+                   if r["forget_rates"].get(c) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+                x, v, ci = zip(*pts)
+                err = [[a - (b or (a, a))[0] for a, b in zip(v, ci)], [(b or (a, a))[1] - a for a, b in zip(v, ci)]]
+                ax.errorbar(x, v, yerr=err, marker="o", ms=3, capsize=2, label=label)
     axes[0][0].set_title("LPIPS_ret vs the original base", fontsize=8)
     for ax, c in zip(axes[0][1:], concepts):
         ax.set_title(f"forget rate of {c!r}", fontsize=8)

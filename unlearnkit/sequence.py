@@ -58,7 +58,8 @@ def common_retain(tasks: list[Task], max_retain: int | None = None) -> Task:
 def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | None = None, **evaluate_kw) -> list[dict]:
     """After each stage: LPIPS_ret [CI] and accuracy against the original `base` on the prompts no stage forgets,
     and the forget rate of every concept erased so far. Returns one dict per stage:
-    {'stage', 'concept', 'lpips_ret', 'lpips_ret_ci', 'retain_accuracy', 'forget_rates': {concept: rate}}."""
+    {'stage', 'concept', 'lpips_ret', 'lpips_ret_ci', 'retain_accuracy', 'forget_rates': {concept: rate},
+    'forget_rates_ci': {concept: (lo, hi)}} (95% bootstrap over the forget prompts × seeds)."""
     from .metrics import evaluate
 
     if len(results) != len(tasks):
@@ -66,7 +67,8 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
     common = common_retain(tasks, max_retain)
     rows = []
     for i, result in enumerate(results):
-        row = {"stage": i + 1, "concept": tasks[i].forget_concept or tasks[i].name, "forget_rates": {}}
+        row = {"stage": i + 1, "concept": tasks[i].forget_concept or tasks[i].name, "forget_rates": {},
+               "forget_rates_ci": {}}
         for k in range(i + 1):
             # the retain set is the same for every k: its images come from the sample cache after the first
             probe = replace(common, name=f"{tasks[k].name}-probe", forget_prompts=tasks[k].forget_prompts,
@@ -74,6 +76,7 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
                             kind=tasks[k].kind, relabel_concepts=[])
             r = evaluate(base, result.pipeline, probe, fid=False, **evaluate_kw)
             row["forget_rates"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate")
+            row["forget_rates_ci"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate_ci")
             if k == i:
                 row.update(lpips_ret=r["lpips_ret"], lpips_ret_ci=r["lpips_ret_ci"],
                            retain_accuracy=r.get("retain_accuracy"), n_retain=r["n_retain"])
