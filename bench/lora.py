@@ -4,9 +4,9 @@
 
 First the learning-rate rule (`experiments.LORA_LR_MULT`): at the full-weight learning rates LoRA does not forget
 (forget rate 1.00 for all three on the object task), so each method's LoRA run gets its tuned lr × m for
-m in LR_MULTS on the object task (the same budget for all three), and one m is picked for all: among the m at which
-every method forgets (forget rate <= 0.2), the lowest mean LPIPS_ret. Then for each task × method × {full, lora}
-(LoRA at the picked m): LPIPS_ret [95% CI], forget rate, the loop's seconds and the trained
+m in LR_MULTS on the object task (the same budget for all three), and each method's m is picked by bench/tune.py's
+rule: the lowest LPIPS_ret among the m that forget (forget rate <= 0.2). Then for each task × method × {full, lora}
+(LoRA at the method's m): LPIPS_ret [95% CI], forget rate, the loop's seconds and the trained
 parameter count; then the peak RSS of one full and one LoRA run of OVW, each in a fresh process. Runs go
 through `run_method`'s cache, so an interrupted sweep resumes; results are written as they come (atomically).
 """
@@ -51,13 +51,12 @@ def lora_lr(task, method, P, mult):
     return mult * make_config(method, **{**P.method_overrides, **tuned(task.name, method, task.kind)}).lr
 
 
-def pick_mult(rows) -> float | None:
-    """The multiplier at which every method forgets with the lowest mean LPIPS_ret (None: no such multiplier)."""
-    by = {}
-    for r in rows:
-        by.setdefault(r["lr_mult"], []).append(r)
-    ok = {m: rs for m, rs in by.items() if all(r["forget_rate"] <= 0.2 for r in rs)}
-    return min(ok, key=lambda m: sum(r["lpips_ret"] for r in ok[m]) / len(ok[m])) if ok else None
+def pick_mult(rows) -> float:
+    """One method's sweep rows -> its multiplier: bench/tune.py's rule (lowest LPIPS_ret among those that forget,
+    else the lowest forget rate)."""
+    from tune import pick
+
+    return pick(rows)["lr_mult"]
 
 
 def main(argv=None):
@@ -87,12 +86,9 @@ def main(argv=None):
                           "lpips_ret_ci": r["lpips_ret_ci"], "forget_rate": r["forget_rate"]})
             print(json.dumps(sweep[-1]), flush=True)
             save()
-    mult = pick_mult(sweep)
-    if mult is None:
-        mult = max(LR_MULTS)
-        print(f"no multiplier makes every method forget; the rows below use the largest, × {mult}")
-    print(f"LoRA lr rule: × {mult} (experiments.LORA_LR_MULT = {LORA_LR_MULT})")
-    rows = [r for r in rows if r["params"] == "full" or r.get("lr_mult") == mult]  # LoRA rows of another rule go
+    mults = {m: pick_mult([r for r in sweep if r["method"] == m]) for m in args.methods.split(",")}
+    print(f"LoRA lr rule, per method: {mults} (experiments.LORA_LR_MULT = {LORA_LR_MULT})")
+    rows = [r for r in rows if r["params"] == "full" or r.get("lr_mult") == mults.get(r["method"])]
     done = {(r["task"], r["method"], r["params"]) for r in rows}
     for task_name in args.tasks.split(","):
         task = P.task(task_name)
@@ -100,6 +96,7 @@ def main(argv=None):
             for params in ("full", "lora"):
                 if (task_name, method, params) in done:
                     continue
+                mult = mults[method]
                 lora = {"params": "lora", "lr": lora_lr(task, method, P, mult)} if params == "lora" else {}
                 run = run_method(base, task, method, P, **lora)
                 r = uk.evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
@@ -115,7 +112,7 @@ def main(argv=None):
                              capture_output=True, text=True, check=True)
         memory[params] = float(res.stdout.strip().splitlines()[-1])
     print(json.dumps({"peak_rss_mib": memory}))
-    save(peak_rss_mib_ovw_object=memory, profile="cpu", lr_mult=mult)
+    save(peak_rss_mib_ovw_object=memory, profile="cpu", lr_mult=mults)
     print("| task | method | params | LPIPS_ret [95% CI] | forget rate | accuracy | loop s | trained params |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(f"| {r['task']} | {r['method']} | {r['params']} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} | "

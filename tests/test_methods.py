@@ -163,3 +163,19 @@ def test_run_method_caches_the_methods_state(tiny_pipe, object_task, tmp_path):
     assert set(cached.state) == {"mask", "relabelled"}
     assert all(torch.equal(fresh.state["mask"][n], cached.state["mask"][n]) for n in fresh.state["mask"])
     assert [tuple(p) for p in cached.state["relabelled"]] == fresh.state["relabelled"]
+
+
+def test_run_method_gives_lora_runs_their_learning_rate_rule(tiny_pipe, object_task, tmp_path, monkeypatch):
+    # LoRA at the full-weight lr does not forget (bench/lora.json): run_method multiplies the lr unless it is given
+    from unlearnkit import experiments
+    from unlearnkit.experiments import LORA_LR_MULT, profile, run_method
+
+    seen = []
+    monkeypatch.setattr(experiments, "unlearn", lambda pipe, task, name, **kw: seen.append(kw.get("lr")) or
+                        uk.unlearn(pipe, task, name, **{**kw, "steps": 1}))
+    P = profile("smoke")
+    run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False, params="lora")
+    run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False, params="lora", lr=2e-4)
+    run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path / "full", progress=False)
+    base_lr = uk.methods.make_config("ovw").lr
+    assert seen == [pytest.approx(base_lr * LORA_LR_MULT["ovw"]), 2e-4, None]  # full weights: the method's own lr

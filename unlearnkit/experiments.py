@@ -41,8 +41,9 @@ TUNED: dict[str, dict[str, dict]] = {
 KIND_RULES: dict[str, dict[str, dict]] = {}
 _TUNED_PARENT = {"ovw-nohelp": "ovw"}
 # LoRA runs (params="lora") train a few adapter weights: at the full-weight learning rate they do not forget
-# (bench/lora.json). run_method multiplies the method's lr by this unless lr is given; picked by bench/lora.py.
-LORA_LR_MULT = 1.0
+# (bench/lora.json). run_method multiplies the method's lr by its factor here unless lr is given; picked per method
+# by bench/lora.py (the same budget and rule as bench/tune.py) on the object task.
+LORA_LR_MULT: dict[str, float] = {"esd-x": 10.0, "salun": 100.0, "ovw": 100.0}  # measured 2026-11-30, bench/lora.json
 
 
 def tuned(task_name: str, method: str, kind: str | None = None) -> dict:
@@ -140,8 +141,8 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     settings = {**prof.method_overrides, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}
-    if settings.get("params") == "lora" and "lr" not in overrides and LORA_LR_MULT != 1.0:
-        settings["lr"] = make_config(name, **settings).lr * LORA_LR_MULT
+    if settings.get("params") == "lora" and "lr" not in overrides and name in LORA_LR_MULT:
+        settings["lr"] = make_config(name, **settings).lr * LORA_LR_MULT[name]
     cfg = make_config(name, **settings)
     key = hashlib.sha1(json.dumps([pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)], default=str)
                        .encode()).hexdigest()[:20]
