@@ -38,6 +38,10 @@ def _unlearn_two_procs(tmp_path, method, *args) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            str(UNLEARN), method, str(tmp_path), *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if out.returncode != 0 and "terminate called without an active exception" in out.stderr:
+        # seen once on a loaded machine: a rank aborted in gloo's teardown; one more try, a second abort fails
+        cmd[cmd.index("--master_port") + 1] = str(_free_port())
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
 

@@ -80,6 +80,7 @@ class _Noised:
         self.x_t = self.a.sqrt() * x0 + (1 - self.a).sqrt() * noise
 
     def predict(self, pipe, prompt):
+        pipe = getattr(pipe, "pipeline", pipe)  # an UnlearnResult or a pipeline
         return pipe.unet(self.x_t, self.t, encode_prompts(pipe, [prompt] * len(self.t))).sample
 
     def x0_hat(self, pred):
