@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .backbone import encode_prompts, pipeline_device, training_scheduler
+from .backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler
 from .data import cached_sample_pairs
 from .losses import esd_target
 
@@ -69,8 +69,6 @@ class _Noised:
     x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ (ε models) or √ᾱ x_t − √(1−ᾱ) v̂ (v models), decoded to images in [0,1]."""
 
     def __init__(self, base, prompt, seed, timesteps, steps, guidance_scale, cache_dir):
-        from .backbone import encode_images
-
         self.base, device = base, pipeline_device(base)
         x0 = encode_images(base, cached_sample_pairs(base, [prompt], [seed], steps, guidance_scale, cache_dir))
         self.sched = training_scheduler(base)
@@ -84,16 +82,12 @@ class _Noised:
         return pipe.unet(self.x_t, self.t, encode_prompts(pipe, [prompt] * len(self.t))).sample
 
     def x0_hat(self, pred):
-        from .backbone import decode_latents
-
         a, x_t = self.a, self.x_t
         if self.sched.config.prediction_type == "v_prediction":
             return decode_latents(self.base, a.sqrt() * x_t - (1 - a).sqrt() * pred)
         return decode_latents(self.base, (x_t - (1 - a).sqrt() * pred) / a.sqrt())
 
     def noisy(self):
-        from .backbone import decode_latents
-
         return decode_latents(self.base, self.x_t)
 
 
