@@ -89,9 +89,7 @@ def explore(base, runs: dict, task, lpips, classifier=None, seeds=(0, 1, 2, 3), 
     def redraw(_=None):
         with out:
             out.clear_output(wait=True)
-            fig = show(pick["label"].value, pick["prompt"].value, pick["seed"].value)
-            display(fig)
-            plt.close(fig)
+            display(_once(show(pick["label"].value, pick["prompt"].value, pick["seed"].value)))
 
     for widget in pick.values():
         widget.observe(redraw, names="value")
@@ -115,11 +113,9 @@ def esd_sliders(base, prompt: str, seed: int = 0, unlearned=None, steps: int = 2
     import ipywidgets as w
 
     def draw(eta, t):
-        fig = show(eta, t)
         from IPython.display import display
 
-        display(fig)
-        plt.close(fig)
+        display(_once(show(eta, t)))
 
     return w.interactive(draw, eta=w.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="η"),
                          t=w.IntSlider(value=500, min=50, max=950, step=50, description="t"))
