@@ -30,19 +30,37 @@ def test_stages_retain_nothing_an_earlier_stage_forgot(three_tasks):
     assert not {p for t in three_tasks for p in t.forget_prompts} & set(common.retain_prompts)
 
 
-def test_each_stage_starts_from_the_previous_stage(tiny_pipe, three_tasks):
-    seen = []
+def test_each_stage_starts_from_the_previous_stage(tiny_pipe, three_tasks, monkeypatch):
+    seen, data_seen = [], []
+    import unlearnkit.train as train
+
+    real_data = train.training_data
+    monkeypatch.setattr(train, "training_data", lambda pipe, *a, **kw: data_seen.append(pipe) or real_data(pipe, *a, **kw))
 
     def run(pipe, task, method, **kw):
-        seen.append(pipe)
+        seen.append((pipe, kw["data_from"]))
         return uk.unlearn(pipe, task, method, **kw)
 
     results = unlearn_sequence(tiny_pipe, three_tasks[:2], "esd-x", run=run, **FAST)
-    assert seen[0] is tiny_pipe and seen[1] is results[0].pipeline
+    # stage 2 starts from stage 1's model and trains on the original model's images
+    assert seen == [(tiny_pipe, None), (results[0].pipeline, tiny_pipe)]
+    assert data_seen == [tiny_pipe, tiny_pipe]
+    assert not all(torch.equal(a, b) for a, b in zip(results[0].pipeline.unet.parameters(), tiny_pipe.unet.parameters()))
+    seen.clear(), data_seen.clear()
+    unlearn_sequence(tiny_pipe, three_tasks[:2], "esd-x", run=run, data="previous", **FAST)
+    assert [d for _, d in seen] == [None, None] and data_seen[1] is seen[1][0] is not tiny_pipe
+    with pytest.raises(ValueError, match="data='base'.*'original'"):
+        unlearn_sequence(tiny_pipe, three_tasks[:2], "esd-x", data="base")
     rows = evaluate_sequence(tiny_pipe, results, three_tasks[:2], max_retain=3, seeds=[0], steps=2)
     assert [r["stage"] for r in rows] == [1, 2]
     assert list(rows[0]["forget_rates"]) == ["triangle"] and list(rows[1]["forget_rates"]) == ["triangle", "wavy"]
     assert rows[1]["lpips_ret"] > 0 and rows[1]["n_retain"] == 3
+    # an earlier concept's forget rate, judged with one retain prompt per concept, is the whole evaluation's
+    from dataclasses import replace
+
+    common = common_retain(three_tasks[:2], 3)
+    whole = uk.evaluate(tiny_pipe, results[1].pipeline, replace(common, relabel_concepts=[]), seeds=[0], steps=2, fid=False)
+    assert rows[1]["forget_rates"]["triangle"] == whole["forget_rate"]
     for row in rows:  # every forget rate with its interval around it
         assert list(row["forget_rates_ci"]) == list(row["forget_rates"])
         assert all(lo <= row["forget_rates"][c] <= hi for c, (lo, hi) in row["forget_rates_ci"].items())

@@ -179,3 +179,22 @@ def test_run_method_gives_lora_runs_their_learning_rate_rule(tiny_pipe, object_t
     run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path / "full", progress=False)
     base_lr = uk.methods.make_config("ovw").lr
     assert seen == [pytest.approx(base_lr * LORA_LR_MULT["ovw"]), 2e-4, None]  # full weights: the method's own lr
+
+
+def test_run_method_keys_a_run_by_whose_images_it_trained_on(tiny_pipe, object_task, tmp_path, monkeypatch):
+    # a stage trained on the original model's images (data_from) is another run than one on its own images
+    from unlearnkit import experiments
+    from unlearnkit.experiments import profile, run_method
+
+    calls = []
+    monkeypatch.setattr(experiments, "unlearn", lambda pipe, task, name, **kw: calls.append(kw["data_from"]) or
+                        uk.unlearn(pipe, task, name, **{**kw, "steps": 1}))
+    P = profile("smoke")
+    stage1 = run_method(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
+    own = run_method(stage1.pipeline, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
+    original = run_method(stage1.pipeline, object_task, "esd-x", P, cache_dir=tmp_path, progress=False, data_from=tiny_pipe)
+    again = run_method(stage1.pipeline, object_task, "esd-x", P, cache_dir=tmp_path, progress=False, data_from=tiny_pipe)
+    assert calls == [None, None, tiny_pipe]  # the last call is the cache's
+    assert len(list((tmp_path / "runs").iterdir())) == 3
+    assert all(torch.equal(a, b) for a, b in zip(original.pipeline.unet.parameters(), again.pipeline.unet.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(own.pipeline.unet.parameters(), original.pipeline.unet.parameters()))

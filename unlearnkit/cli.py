@@ -90,14 +90,14 @@ def cmd_unlearn(args):
     if len(tasks) == 1:
         result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, compile=args.compile,
                          **overrides)
-    else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
-        from .sequence import stage_tasks
+    else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/), every
+        from .sequence import stage_tasks  # stage on the original model's images, as uk.unlearn_sequence does
 
-        history = []
+        history, current = [], pipe
         for i, task in enumerate(stage_tasks(tasks)):
-            result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
-                             progress=not args.json, compile=args.compile, **overrides)
-            pipe = result.pipeline
+            result = unlearn(current, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
+                             progress=not args.json, compile=args.compile, data_from=pipe if i else None, **overrides)
+            current = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
     from .backbone import is_latent

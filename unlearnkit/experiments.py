@@ -131,21 +131,24 @@ def profile(name: str) -> Profile:
 
 
 def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
-               use_tuned: bool = True, snapshots=(), compile: str | None = None, **overrides) -> UnlearnResult:
+               use_tuned: bool = True, snapshots=(), compile: str | None = None, data_from=None,
+               **overrides) -> UnlearnResult:
     """`unlearn` with the profile's settings and the task's tuned config (`TUNED`; `use_tuned=False` for the
     method's defaults), cached on disk: a second call with the same arguments loads the UNet.
 
     `snapshots`: fractions of the steps (e.g. (0.25, 0.5)) after which the trained weights are kept too, in
     `result.snapshots` (cached beside the weights; a cached run without them trains again). `compile`: as in
-    `unlearn` (how the UNet runs, not what it learns: not part of the cache key)."""
+    `unlearn` (how the UNet runs, not what it learns: not part of the cache key). `data_from`: as in `unlearn`."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     settings = {**prof.method_overrides, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}
     if settings.get("params") == "lora" and "lr" not in overrides and name in LORA_LR_MULT:
         settings["lr"] = make_config(name, **settings).lr * LORA_LR_MULT[name]
     cfg = make_config(name, **settings)
-    key = hashlib.sha1(json.dumps([pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)], default=str)
-                       .encode()).hexdigest()[:20]
+    keyed = [pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)]
+    if data_from is not None:  # (added only then: runs on the model's own images keep their keys)
+        keyed.append(pipeline_fingerprint(data_from))
+    key = hashlib.sha1(json.dumps(keyed, default=str).encode()).hexdigest()[:20]
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "runs" / f"{task.name}-{name}-{key}"
     weights, meta = folder / "unet.safetensors", folder / "run.json"
     if snapshots and cfg.params == "lora":
@@ -169,7 +172,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
                              snapshots={int(k): v for k, v in kept.items()})
     keep = Snapshots(steps)
     result = unlearn(pipe, task, name, cache_dir=cache_dir, progress=progress, callback=keep if steps else None,
-                     compile=compile, **settings)
+                     compile=compile, data_from=data_from, **settings)
     result.snapshots = keep.weights
     state = {k: v.detach().cpu().contiguous() for k, v in result.pipeline.unet.state_dict().items()}
     if result.lora is not None:  # written before the weights: a folder with weights and run.json is complete

@@ -28,17 +28,26 @@ def stage_tasks(tasks: list[Task]) -> list[Task]:
     return out
 
 
-def unlearn_sequence(pipe, tasks: list[Task], method: str, run=None, **overrides) -> list:
+def unlearn_sequence(pipe, tasks: list[Task], method: str, run=None, data: str = "original", **overrides) -> list:
     """Unlearn `tasks` in order with `method`, each stage from the previous stage's model.
 
-    Returns the stages' `UnlearnResult`s. `run(pipe, task, method, **overrides)` trains one stage (default
-    `unlearnkit.unlearn`; the notebooks pass `experiments.run_method` for its cache).
+    `data`: whose images every stage trains on. 'original' (default): the original `pipe`'s, so the retain
+    images a stage replays show what the original model drew, not what earlier stages made of it (their drift
+    is not taught back as the truth), and one task's data is sampled once for every method. 'previous': each
+    stage samples its data from the model it starts from, as a chain of separate `unlearn` calls would.
+    Returns the stages' `UnlearnResult`s. `run(pipe, task, method, data_from=..., **overrides)` trains one stage
+    (default `unlearnkit.unlearn`; the notebooks pass `experiments.run_method` for its cache).
     """
+    if data not in ("original", "previous"):
+        raise ValueError(f"data={data!r}: choose 'original' (train every stage on the original model's images) "
+                         "or 'previous' (on the images of the model the stage starts from)")
     if run is None:
         from .train import unlearn as run
     results, current = [], pipe
     for task in stage_tasks(tasks):
-        result = run(current, task, method, **overrides)
+        # stage 1 trains on its own model's images either way (and keeps the run cache's key of a single run)
+        source = pipe if data == "original" and current is not pipe else None
+        result = run(current, task, method, data_from=source, **overrides)
         results.append(result)
         current = result.pipeline
     return results
@@ -70,10 +79,14 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
         row = {"stage": i + 1, "concept": tasks[i].forget_concept or tasks[i].name, "forget_rates": {},
                "forget_rates_ci": {}}
         for k in range(i + 1):
-            # the retain set is the same for every k: its images come from the sample cache after the first
+            # an earlier concept needs only its forget rate: one retain prompt per concept stands in for the retain
+            # set (every concept stays, so CLIP's zero-shot labels are the same)
+            keep = range(len(common.retain_prompts)) if k == i else _one_per_concept(common)
             probe = replace(common, name=f"{tasks[k].name}-probe", forget_prompts=tasks[k].forget_prompts,
                             anchor_prompts=tasks[k].anchor_prompts, forget_concept=tasks[k].forget_concept,
-                            kind=tasks[k].kind, relabel_concepts=[])
+                            kind=tasks[k].kind, relabel_concepts=[],
+                            retain_prompts=[common.retain_prompts[j] for j in keep],
+                            retain_concepts=[common.retain_concepts[j] for j in keep] if common.retain_concepts else [])
             r = evaluate(base, result.pipeline, probe, fid=False, **evaluate_kw)
             row["forget_rates"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate")
             row["forget_rates_ci"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate_ci")
@@ -82,6 +95,16 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
                            retain_accuracy=r.get("retain_accuracy"), n_retain=r["n_retain"])
         rows.append(row)
     return rows
+
+
+def _one_per_concept(task: Task) -> list[int]:
+    # the index of the first retain prompt of each concept (all of them when the task names no concepts)
+    if not task.retain_concepts:
+        return list(range(len(task.retain_prompts)))
+    first = {}
+    for i, c in enumerate(task.retain_concepts):
+        first.setdefault(c, i)
+    return list(first.values())
 
 
 def sequence_table(rows: dict[str, list[dict]]) -> str:

@@ -84,7 +84,7 @@ def _flush(pending: list[dict], history: list[dict]) -> None:
 
 
 def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_dir=None,
-            progress: bool = True, device=None, callback=None, compile: str | None = None,
+            progress: bool = True, device=None, callback=None, compile: str | None = None, data_from=None,
             **overrides) -> UnlearnResult:
     """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
 
@@ -94,6 +94,8 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     number of steps done and the UNet being trained (read it, do not change it: e.g. keep snapshots).
     `compile` runs the UNet passes through `torch.compile` with that mode: 'default', 'reduce-overhead' (CUDA
     graphs: for GPUs, where a step is bound by kernel launches) or 'max-autotune'; the first steps pay for it.
+    `data_from`: the pipeline whose images are the training data (default `pipe`); `unlearn_sequence` passes the
+    original model, so a later stage replays what the original drew, not what earlier stages made of it.
     """
     name = canonical(method)
     if compile not in COMPILE_MODES:
@@ -114,7 +116,11 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
 
     # the data: base images -> UNet space, prompts -> embeddings, once
     fp = pipeline_fingerprint(pipe)
-    data = training_data(pipe, task, cfg, cache_dir=cache_dir, fingerprint=fp, progress=progress)
+    if data_from is not None and data_from.unet.config.sample_size != pipe.unet.config.sample_size:
+        raise ValueError("data_from must be a pipeline of the same model (same image size) as pipe, e.g. the original "
+                         "one a sequence of erasures started from; pass data_from=None to train on pipe's own images")
+    source, data_fp = (pipe, fp) if data_from is None else (_on(data_from, device), pipeline_fingerprint(data_from))
+    data = training_data(source, task, cfg, cache_dir=cache_dir, fingerprint=data_fp, progress=progress)
     with torch.no_grad():
         data = {k: (prompts, encode_images(pipe, images), encode_prompts(pipe, prompts))
                 for k, (prompts, images) in data.items()}
@@ -142,7 +148,8 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir else None
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, expect="unlearn")
-        if ckpt["method"] != name or ckpt["config"] != asdict(cfg) or ckpt["base"] != fp:
+        if (ckpt["method"] != name or ckpt["config"] != asdict(cfg) or ckpt["base"] != fp
+                or ckpt.get("data", fp) != data_fp):
             raise ValueError(f"{ckpt_path} belongs to another run (method {ckpt['method']!r}, config "
                              f"{ckpt['config']}); pass a new out_dir or the same method, options and base model")
         ctx.raw_unet.load_state_dict(ckpt["unet"])
@@ -213,7 +220,7 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
             generators = gather_object([gen.get_state()]) if accelerator.num_processes > 1 else [gen.get_state()]
             if accelerator.is_main_process:
                 atomic_save({"kind": "unlearn", "method": name, "config": asdict(cfg), "seed": cfg.seed, "base": fp,
-                             "step": step, "history": history, "unet": ctx.raw_unet.state_dict(),
+                             "data": data_fp, "step": step, "history": history, "unet": ctx.raw_unet.state_dict(),
                              "optimizer": optimizer.state_dict(), "generator": generators,
                              "method_state": {k: method.state[k] for k in method.resume_keys}}, ckpt_path)
             accelerator.wait_for_everyone()
