@@ -100,7 +100,7 @@ def test_foreach_ewc_penalty_and_mask_equal_the_per_tensor_versions():
     from unlearnkit.methods.salun import SalUn, SalUnConfig
 
     grads = [torch.randn(s, generator=g) for s in shapes]
-    masks = [(torch.rand(s, generator=g) > 0.5).float() for s in shapes]
+    masks = [torch.rand(s, generator=g) > 0.5 for s in shapes]  # bool, as SalUn keeps them
     for p, gr in zip(params, grads):
         p.grad = gr.clone()
     method = SalUn(SalUnConfig())
@@ -198,3 +198,25 @@ def test_run_method_keys_a_run_by_whose_images_it_trained_on(tiny_pipe, object_t
     assert len(list((tmp_path / "runs").iterdir())) == 3
     assert all(torch.equal(a, b) for a, b in zip(original.pipeline.unet.parameters(), again.pipeline.unet.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(own.pipeline.unet.parameters(), original.pipeline.unet.parameters()))
+
+
+def test_sa_and_salun_keep_no_second_copy_of_the_weights(tiny_pipe, object_task, monkeypatch):
+    # memory at SD's size (docs/SD.md): SA's θ0 is the frozen base's tensors, SalUn's masks are its bool state
+    from unlearnkit.methods.sa import SelectiveAmnesia
+    from unlearnkit.methods.salun import SalUn
+
+    kept = {}
+    for cls in (SelectiveAmnesia, SalUn):
+        def spy(self, ctx, real=cls.prepare):
+            real(self, ctx)
+            kept[type(self).__name__] = (self, ctx)
+        monkeypatch.setattr(cls, "prepare", spy)
+    uk.unlearn(tiny_pipe, object_task, "sa", **{**FAST, "steps": 1})
+    uk.unlearn(tiny_pipe, object_task, "salun", **{**FAST, "steps": 1})
+    sa, ctx = kept["SelectiveAmnesia"]
+    frozen = dict(ctx.base_unet.named_parameters())
+    assert len(sa._theta0) == len(ctx.trainable) > 0
+    assert all(t0.data_ptr() == frozen[n].data_ptr() for t0, (n, _) in zip(sa._theta0, ctx.trainable))
+    salun, _ = kept["SalUn"]
+    assert len(salun._masks) == len(salun.state["mask"]) > 0
+    assert all(m.dtype == torch.bool and m is salun.state["mask"][n] for m, n in zip(salun._masks, salun.state["mask"]))

@@ -84,8 +84,11 @@ def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, tor
         raise ValueError(f"saliency ratio must be in (0, 1], got {ratio}")
     flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
     k = max(1, int(round(ratio * flat.numel())))
-    threshold = torch.topk(flat, k, sorted=True).values[-1]
-    return {name: g.abs().float() >= threshold for name, g in grads.items()}
+    # the k-th largest |gradient|, by selection: topk(k) would keep k values and k int64 indices (5 GiB for
+    # half of SD's 860M weights), kthvalue keeps one
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    del flat
+    return {name: g.abs().float() >= threshold.to(g.device) for name, g in grads.items()}
 
 
 def ewc_penalty(params: Iterable[torch.Tensor], base_params: Iterable[torch.Tensor],

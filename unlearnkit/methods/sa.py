@@ -62,7 +62,13 @@ class SelectiveAmnesia(Method):
     needs_anchors = True
 
     def prepare(self, ctx):
-        self._theta0 = [p.detach().clone() for p in ctx.params]  # θ0: the base's values of the trained parameters
+        # θ0, the base's values of the trained parameters: the frozen base's own tensors where it is there (full
+        # weights; no second copy of the UNet), else (LoRA: the adapters' starting values) a copy
+        if ctx.base_unet is not None:
+            frozen = dict(ctx.base_unet.named_parameters())
+            self._theta0 = [frozen[n].detach() for n, _ in ctx.trainable]
+        else:
+            self._theta0 = [p.detach().clone() for p in ctx.params]
         self.state = {"fisher": diagonal_fisher(ctx, self.config), "names": [n for n, _ in ctx.trainable]}  # aligned
 
     def step(self, ctx, forget):

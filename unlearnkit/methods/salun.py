@@ -48,7 +48,8 @@ class SalUn(Method):
         grads = [ctx.accelerator.reduce(g, reduction="mean") for g in grads]  # several processes: one mask for all
         names = [n for n, _ in ctx.trainable]
         mask = losses.saliency_mask(dict(zip(names, grads)), self.config.mask_ratio)
-        self._masks = [mask[n].to(p.dtype) for n, p in ctx.trainable]
+        del grads  # (the summed gradients are as large as the trained weights: gone before the first step)
+        self._masks = [mask[n] for n in names]  # bool, the state's own tensors: 1 byte per weight, kept once
         # the relabelled prompts c_rand, one per forget row
         rng = random.Random(self.config.seed)
         relabelled = [ctx.task.relabel(p, rng) for p in ctx.forget_prompts]
