@@ -53,9 +53,9 @@ STEP_ROWS = {
     "ovw": ("full", 3, 0, 3),
     "ovw-nohelp": ("full", 1, 0, 1),
 }
-# state the loop keeps beside Adam, bytes per trainable parameter: SalUn's summed gradients (fp32), its bool mask
-# and the fp32 masks; SA's Fisher and θ0 (fp32)
-EXTRA_BYTES = {"salun": 4 + 1 + 4, "sa": 4 + 4}
+# state the loop keeps beside Adam, bytes per trainable parameter: SalUn's bool mask (its summed gradients are
+# dropped once the mask exists); SA's Fisher (fp32; θ0 is the frozen base's own weights)
+EXTRA_BYTES = {"salun": 1, "sa": 4}
 
 
 class LiveBytes(TorchDispatchMode):
@@ -315,7 +315,7 @@ def table(m: dict) -> list[dict]:
         setup = 0
         if method == "salun":  # summed grads (fp32) exist, Adam's states and the masks do not yet
             setup = weights + 4 * T + m["salun_mask"][(n, gc)]
-        if method == "sa":  # the Fisher sum (fp32) exists, Adam's states and θ0 do not yet
+        if method == "sa":  # the Fisher sum (fp32) exists, Adam's states do not yet
             setup = weights + 4 * T + m["sa_fisher"][(1, gc)]
         key = "gc" if gc else "no_gc"
         row = next((r for r in rows if (r["method"], r["batch_size"]) == (method, n)), None)

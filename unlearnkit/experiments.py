@@ -38,7 +38,12 @@ TUNED: dict[str, dict[str, dict]] = {
 }
 # Per-kind rules for any other concept of the world, picked by the same rule from `bench/tune.py --forget WORD`
 # on one pair of the kind and checked on another (`bench/claims.py`). Empty: the defaults forget that kind.
-KIND_RULES: dict[str, dict[str, dict]] = {}
+# colour, measured 2026-11-30 on blue (watching green), bench/tune-blue.json: at their defaults ESD-x (1.00), SA and
+# Saddle (0.40) keep the colour; SalUn and OVW forget it. ESD-x forgets it only at 10x its lr, and then forgets
+# nearly everything (retain accuracy 0.05): the rule is what the sweep picked, the damage is the finding.
+KIND_RULES: dict[str, dict[str, dict]] = {
+    "colour": {"esd-x": {"lr": 3e-3}, "sa": {"lr": 1e-3}, "saddle": {"lr": 3e-4}},
+}
 _TUNED_PARENT = {"ovw-nohelp": "ovw"}
 # LoRA runs (params="lora") train a few adapter weights: at the full-weight learning rate they do not forget
 # (bench/lora.json). run_method multiplies the method's lr by its factor here unless lr is given; picked per method
