@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from unlearnkit import losses
+from unlearnkit.backbone import VAE_BATCH
 from unlearnkit.methods import SD_DEFAULTS
 from unlearnkit.sd import SD15_TEXT, SD15_UNET, SD15_VAE
 
@@ -292,10 +293,11 @@ def measure(size: int) -> dict:
         with torch.no_grad():
             for images in (1, 24, 60):
                 b = min(images, 64)
+                v = min(images, VAE_BATCH)  # backbone.decode_latents / encode_images run the VAE in chunks
                 out["data"][images] = {
                     "sample": peak(lambda: frozen(*inputs(2 * b))),
-                    "decode": peak(lambda: vae.decode(torch.randn(b, 4, latent, latent))),
-                    "encode": peak(lambda: vae.encode(torch.randn(images, 3, size, size))),
+                    "decode": peak(lambda: vae.decode(torch.randn(v, 4, latent, latent))),
+                    "encode": peak(lambda: vae.encode(torch.randn(v, 3, size, size))),
                 }
             with FlopCounterMode(display=False, custom_mapping=cpu_attention_flops()) as counter, autocast():
                 frozen(*inputs(1))
@@ -348,7 +350,8 @@ def main(argv=None):
               f"{fits(r['no_gc'])} | {gib(r['gc'])} | {fits(r['gc'])} | {r['no_gc_tflops_per_step']} "
               f"({r['gc_tflops_per_step']}) |")
     base = 4 * (P["full"] + P["text"] + P["vae"])  # data is made before the trained copy exists
-    print("\n| base images in a group | guided sampling (64 at a time) | VAE decode | VAE encode (all at once) |")
+    print(f"\n| base images in a group | guided sampling (64 at a time) | VAE decode ({VAE_BATCH} at a time) "
+          f"| VAE encode ({VAE_BATCH} at a time) |")
     print("|---|---|---|---|")
     for images, d in m["data"].items():
         print(f"| {images} | {gib(base + d['sample'])} | {gib(base + d['decode'])} | {gib(base + d['encode'])} |")

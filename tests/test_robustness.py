@@ -123,3 +123,22 @@ def test_reproduce_names_the_failing_notebook_and_cell(tmp_path):
         reproduce(profile="smoke", out_dir=tmp_path / "out", notebooks=tmp_path / "nb", figures_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         reproduce(profile="fast", notebooks=tmp_path / "nb")
+
+
+def test_reproduce_runs_a_group_by_name(tmp_path):
+    import nbformat
+
+    from unlearnkit.reproduce import reproduce
+
+    for name, code in (("00_paper", "raise RuntimeError('not in the group')"), ("12_seq", "x = 1"), ("13_att", "x = 2")):
+        book = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell('profile = "smoke"\nfigures_dir = "."\ndevice = "cpu"')
+        params.metadata["tags"] = ["parameters"]
+        book.cells = [params, nbformat.v4.new_code_cell(code)]
+        book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        (tmp_path / "nb").mkdir(exist_ok=True)
+        nbformat.write(book, tmp_path / "nb" / f"{name}.ipynb")
+    r = reproduce(profile="smoke", out_dir=tmp_path / "out", notebooks=tmp_path / "nb", figures_dir=tmp_path, only="beyond")
+    assert list(r["notebooks"]) == ["12_seq.ipynb", "13_att.ipynb"]
+    with pytest.raises(ValueError, match="failed in cell"):  # 'paper' is 00-11
+        reproduce(profile="smoke", out_dir=tmp_path / "out", notebooks=tmp_path / "nb", figures_dir=tmp_path, only="paper")

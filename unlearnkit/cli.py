@@ -90,14 +90,14 @@ def cmd_unlearn(args):
     if len(tasks) == 1:
         result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, compile=args.compile,
                          **overrides)
-    else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/), every
-        from .sequence import stage_tasks  # stage on the original model's images, as uk.unlearn_sequence does
+    else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
+        from .sequence import stage_tasks
 
-        history, current = [], pipe
+        history = []
         for i, task in enumerate(stage_tasks(tasks)):
-            result = unlearn(current, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
-                             progress=not args.json, compile=args.compile, data_from=pipe if i else None, **overrides)
-            current = result.pipeline
+            result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
+                             progress=not args.json, compile=args.compile, **overrides)
+            pipe = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
     from .backbone import is_latent
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reproduce", help="run every notebook through papermill and write figures/")
     sp.add_argument("--profile", default="cpu", help="smoke (seconds), cpu (the embedded reproduction), full (the paper's budget on a CPU: hours) or gpu")
     sp.add_argument("--out", default="executed", help="folder for the executed notebooks")
-    sp.add_argument("--only", default=None, help="comma-separated notebook name prefixes to run, e.g. 00,08")
+    sp.add_argument("--only", default=None, help="comma-separated notebook name prefixes to run, e.g. 00,08; or 'paper' (00-11), 'beyond' (12, 13)")
     common(sp)
     sp.set_defaults(func=cmd_reproduce)
     return p

@@ -18,11 +18,16 @@ def notebooks_dir() -> Path:
     raise ValueError("no notebooks/ folder found; run `unlearnkit reproduce` from a checkout of the kit")
 
 
+# names for --only: the paper's reproduction (notebooks 00-11) and the questions beyond it (12, 13)
+GROUPS = {"paper": [f"{i:02d}" for i in range(12)], "beyond": ["12", "13"]}
+
+
 def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str | None = None,
               figures_dir: str | Path | None = None, kernel: str = "python3", notebooks: str | Path | None = None,
               device: str = "auto") -> dict:
     """Execute every notebook NN_*.ipynb with `profile` on `device` ('auto': cuda when there is a GPU); returns {'profile', 'seconds', 'notebooks': {name: s}}.
 
+    `only`: comma-separated notebook name prefixes or group names (`GROUPS`: 'paper' = 00-11, 'beyond' = 12, 13).
     Executed copies go to `out_dir`; figures to `figures_dir` (default: the kit's figures/). A failing
     notebook stops the run with a ValueError naming the notebook and the cell.
     """
@@ -36,7 +41,7 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
     src = Path(notebooks) if notebooks else notebooks_dir()
     books = sorted(p for p in src.glob("[0-9][0-9]_*.ipynb"))
     if only:
-        prefixes = [s.strip() for s in only.split(",") if s.strip()]
+        prefixes = [g for s in only.split(",") if s.strip() for g in GROUPS.get(s.strip(), [s.strip()])]
         books = [b for b in books if any(b.name.startswith(p) for p in prefixes)]
         if not books:
             raise ValueError(f"--only {only!r} matches no notebook in {src}")

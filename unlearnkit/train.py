@@ -94,8 +94,8 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     number of steps done and the UNet being trained (read it, do not change it: e.g. keep snapshots).
     `compile` runs the UNet passes through `torch.compile` with that mode: 'default', 'reduce-overhead' (CUDA
     graphs: for GPUs, where a step is bound by kernel launches) or 'max-autotune'; the first steps pay for it.
-    `data_from`: the pipeline whose images are the training data (default `pipe`); `unlearn_sequence` passes the
-    original model, so a later stage replays what the original drew, not what earlier stages made of it.
+    `data_from`: the pipeline whose images are the training data (default `pipe`; e.g. the original model of a
+    sequence of erasures, `unlearn_sequence(data="original")`).
     """
     name = canonical(method)
     if compile not in COMPILE_MODES:
