@@ -2,8 +2,8 @@
 
     python bench/claims.py --forget WORD --neighbour WORD [--profile cpu] [--out bench/claims-WORD.json]
 
-Runs the Table-1 methods (their defaults: a new pair has no tuned configs) on the task that forgets WORD and
-watches its neighbour, evaluates each against the base, and checks:
+Runs the Table-1 methods (their defaults, or their kind's rule `experiments.KIND_RULES`: a new pair has no tuned
+configs) on the task that forgets WORD and watches its neighbour, evaluates each against the base, and checks:
   forgets       the method forgot (forget rate <= 0.2); the claims below count only methods that did
   (a) neighbour the neighbour concept pays most: LPIPS_ret on its prompts above the rest's, intervals disjoint
   (b) help      OVW (and Saddle) keep the model closer to the base than every baseline that forgot (ESD, SalUn, SA)
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from unlearnkit import world
-from unlearnkit.experiments import FIGURE_METHODS, profile, run_method
+from unlearnkit.experiments import FIGURE_METHODS, KIND_RULES, profile, run_method
 from unlearnkit.io import atomic_write
 from unlearnkit.metrics import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
 from unlearnkit.models import load_base
@@ -68,7 +68,9 @@ def main(argv=None):
         run = run_method(base, task, m, P, progress=False)
         results[label] = evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
     rows = claims(results)
-    print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile, method defaults)")
+    rule = KIND_RULES.get(task.kind)
+    print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile, "
+          + (f"the {task.kind} rule {rule}, else the defaults)" if rule else "method defaults)"))
     print("| claim | method | holds | numbers |\n|---|---|---|---|")
     for claim, who, holds, numbers in rows:
         print(f"| {claim} | {who} | {'—' if holds is None else ('holds' if holds else 'fails')} | {numbers} |")

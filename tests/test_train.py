@@ -207,6 +207,16 @@ def test_run_method_applies_the_tasks_tuned_config_and_table_extras(tiny_pipe, o
     assert results["ESD + L_help"]["lpips_ret"] >= 0
 
 
+def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
+    from unlearnkit import experiments
+
+    assert experiments.tuned("pair-striped-dotted", "esd-x", "style") == experiments.TUNED["style"]["esd-x"]
+    assert experiments.tuned("pair-red-yellow", "sa", "colour") == experiments.KIND_RULES["colour"]["sa"]
+    assert experiments.tuned("pair-red-yellow", "ovw-nohelp", "colour") == {}  # OVW's rule: its defaults
+    assert experiments.tuned("object", "salun", "colour") == experiments.TUNED["object"]["salun"]  # a task's own pick wins
+    assert experiments.profile("cpu").concept_task("red").kind == "colour"
+
+
 def test_compile_runs_both_passes_through_torch_compile_with_the_same_losses(tiny_pipe, object_task, monkeypatch):
     # the plumbing, fast: torch.compile replaced by a recorder that runs the module as it is
     calls, ran = [], []
