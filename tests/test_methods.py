@@ -92,10 +92,25 @@ def test_foreach_ewc_penalty_and_mask_equal_the_per_tensor_versions():
     theta0 = [p.detach() + 0.1 * torch.randn(p.shape, generator=g) for p in params]
     fisher = [torch.rand(p.shape, generator=g) for p in params]
     per_tensor = sum((f * (p - p0) ** 2).sum() for p, p0, f in zip(params, theta0, fisher))  # the earlier loop
-    fused = losses.ewc_penalty(params, theta0, fisher)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fused = losses.ewc_penalty(params, theta0, fisher)
+    # the backward keeps only the parameters themselves: no copy the size of the weights (SA on SD, docs/SD.md)
+    assert saved and {t.data_ptr() for t in saved} <= {p.data_ptr() for p in params}
     torch.testing.assert_close(fused, per_tensor, rtol=1e-6, atol=0)
-    for a, b in zip(torch.autograd.grad(fused, params), torch.autograd.grad(per_tensor, params)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    ref = torch.autograd.grad(per_tensor, params, retain_graph=True)
+    for a, b in zip(torch.autograd.grad(3 * fused, params), ref):
+        torch.testing.assert_close(a, 3 * b, rtol=1e-6, atol=1e-7)
+    losses_chunk = losses.EWC_CHUNK
+    try:  # in groups of a few tensors: the same value and gradients
+        losses.EWC_CHUNK = 12
+        assert len(list(losses._groups(params))) == 3
+        grouped = losses.ewc_penalty(params, theta0, fisher)
+        torch.testing.assert_close(grouped, per_tensor, rtol=1e-6, atol=0)
+        for a, b in zip(torch.autograd.grad(grouped, params), ref):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    finally:
+        losses.EWC_CHUNK = losses_chunk
     # SalUn's mask: one fused multiply equals multiplying tensor by tensor, bit for bit
     from unlearnkit.methods.salun import SalUn, SalUnConfig
 

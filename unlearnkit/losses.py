@@ -91,19 +91,59 @@ def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, tor
     return {name: g.abs().float() >= threshold.to(g.device) for name, g in grads.items()}
 
 
+EWC_CHUNK = 2**26  # elements per group of parameter tensors the EWC penalty works on at once (256 MB in fp32)
+
+
+def _groups(tensors: list[torch.Tensor], limit: int | None = None):
+    # consecutive index ranges of `tensors`, each holding at most `limit` (EWC_CHUNK) elements, or one larger tensor
+    limit, start, size = limit or EWC_CHUNK, 0, 0
+    for i, t in enumerate(tensors):
+        if size and size + t.numel() > limit:
+            yield start, i
+            start, size = i, 0
+        size += t.numel()
+    if start < len(tensors):
+        yield start, len(tensors)
+
+
+class _EWCPenalty(torch.autograd.Function):
+    # Σ F (θ − θ0)² with its gradient 2F(θ − θ0) written out: nothing the size of the weights is kept between the
+    # forward and the backward (autograd through the _foreach ops kept √F ⊙ (θ − θ0) and √F: two more copies of the
+    # trained weights, 6.4 GiB on SD's UNet), and each group's temporaries die before the next group's
+    @staticmethod
+    def forward(ctx, theta0, fisher, *params):
+        ctx.theta0, ctx.fisher = theta0, fisher  # constants of the run, not saved activations
+        ctx.save_for_backward(*params)
+        norms = []
+        for a, b in _groups(params):
+            d = torch._foreach_sub([p.float() for p in params[a:b]], [t.float() for t in theta0[a:b]])
+            torch._foreach_mul_(d, torch._foreach_sqrt(fisher[a:b]))
+            norms += torch._foreach_norm(d)
+        return torch.stack(norms).square().sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        params, grads = ctx.saved_tensors, []
+        for a, b in _groups(params):
+            d = torch._foreach_sub([p.float() for p in params[a:b]], [t.float() for t in ctx.theta0[a:b]])
+            torch._foreach_mul_(d, ctx.fisher[a:b])
+            torch._foreach_mul_(d, 2 * grad)
+            grads += [g.to(p.dtype) for g, p in zip(d, params[a:b])]
+        return None, None, *grads
+
+
 def ewc_penalty(params: Iterable[torch.Tensor], base_params: Iterable[torch.Tensor],
                 fisher: Iterable[torch.Tensor]) -> torch.Tensor:
     """Σ_i F_i (θ_i − θ0_i)², the elastic-weight-consolidation term of Selective Amnesia (Heng & Soh 2023, eq. 6).
 
-    Written as Σ_k ‖√F_k ⊙ (θ_k − θ0_k)‖² over the parameter tensors k with `torch._foreach_*` ops: a few fused
-    kernels for all tensors instead of four per tensor (a few hundred per step on a UNet).
+    Written as Σ_k ‖√F_k ⊙ (θ_k − θ0_k)‖² over the parameter tensors k with `torch._foreach_*` ops (a few fused
+    kernels per group of tensors instead of four per tensor: a few hundred per step on a UNet), and its gradient
+    2F ⊙ (θ − θ0) by hand, so no copy of the weights waits for the backward.
     """
     params, base_params, fisher = list(params), list(base_params), list(fisher)
     if not params:
         raise ValueError("ewc_penalty needs at least one parameter")
-    diffs = torch._foreach_sub([p.float() for p in params], [p0.float() for p0 in base_params])
-    weighted = torch._foreach_mul(diffs, torch._foreach_sqrt(fisher))
-    return torch.stack(torch._foreach_norm(weighted)).square().sum()
+    return _EWCPenalty.apply(base_params, fisher, *params)
 
 
 def sa_loss(surrogate_pred: torch.Tensor, surrogate_noise: torch.Tensor, replay_pred: torch.Tensor,
