@@ -88,7 +88,7 @@ def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, tor
     # half of SD's 860M weights), kthvalue keeps one
     threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
     del flat
-    return {name: g.abs().float() >= threshold.to(g.device) for name, g in grads.items()}
+    return {name: g.abs().float() >= threshold for name, g in grads.items()}
 
 
 EWC_CHUNK = 2**26  # elements per group of parameter tensors the EWC penalty works on at once (256 MB in fp32)
