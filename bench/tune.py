@@ -2,6 +2,7 @@
 
     python bench/tune.py [--task style] [--cache runs/cache] [--out bench/tune-style.json]
     python bench/tune.py --forget blue --neighbour green     # a concept of the world: the per-kind rule's sweep
+    python bench/tune.py --rule blue,red                     # the kind's rule over those pairs' sweeps
 
 Each method runs its default and two values of its main knob (the learning rate; Saddle's τ multiple),
 on the cpu profile, and is evaluated against the base on the same prompts and seeds. The rule that picks a
@@ -43,16 +44,35 @@ SADDLE_FORMS = {
 GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FORMS.items() for m in ms]
 
 
-# The sweep behind a kind's rule (`experiments.KIND_RULES`), run on one pair of that kind and checked on
-# another (`bench/claims.py`): concepts of that kind are harder to forget, so the learning rate goes up, never down.
+# The sweep behind a kind's rule (`experiments.KIND_RULES`), run on two pairs of that kind (`--rule` picks over both)
+# and checked on a third (`bench/claims.py`): concepts of that kind are harder to forget, so the knob goes up, never
+# down. ESD-x's knob is its negative-guidance scale η: on red its learning rate did not make it forget at any of
+# the three values (forget rate 1.00, 1.00, 0.93; at 10× retain accuracy 0.05; bench/tune-red.json keeps those rows).
 KIND_GRID = {m: [{}, {"lr": 3 * make_config(m).lr}, {"lr": 10 * make_config(m).lr}]
-             for m in ("esd-x", "salun", "sa", "saddle", "ovw")}
+             for m in ("salun", "sa", "saddle", "ovw")}
+KIND_GRID = {"esd-x": [{}, {"eta": 3.0}, {"eta": 10.0}], **KIND_GRID}
 
 
 def pick(rows: list[dict]) -> dict:
     """The rule: lowest lpips_ret among configs that forget (forget_rate <= 0.2), else the lowest forget rate."""
     ok = [r for r in rows if r["forget_rate"] <= 0.2]
     return min(ok, key=lambda r: r["lpips_ret"]) if ok else min(rows, key=lambda r: (r["forget_rate"], r["lpips_ret"]))
+
+
+def pick_rule(by_pair: dict[str, list[dict]], grid: dict = KIND_GRID) -> dict[str, dict | None]:
+    """A kind's rule from the sweeps of several pairs: per method, among its grid configs run on every pair, those
+    that forget on every pair, the lowest mean lpips_ret; None where no config forgets on every pair.
+    Returns {method: {"overrides", "rows": {pair: row}}} (None for a method without a config that forgets)."""
+    out = {}
+    for m, cfgs in grid.items():
+        cands = []
+        for cfg in cfgs:
+            rows = {p: next((r for r in rs if r["method"] == m and r["overrides"] == cfg), None) for p, rs in by_pair.items()}
+            if all(rows.values()):
+                cands.append({"overrides": cfg, "rows": rows})
+        ok = [c for c in cands if all(r["forget_rate"] <= 0.2 for r in c["rows"].values())]
+        out[m] = min(ok, key=lambda c: sum(r["lpips_ret"] for r in c["rows"].values())) if ok else None
+    return out
 
 
 def pick_form(by_task: dict[str, list[dict]]) -> tuple[str | None, dict]:
@@ -76,7 +96,11 @@ def main(argv=None):
     ap.add_argument("--methods", default=None, help=f"comma-separated, of: {', '.join(GRID)} (default: all but saddle-forms)")
     ap.add_argument("--forget", default=None, help="sweep KIND_GRID on the world's task forgetting this word instead")
     ap.add_argument("--neighbour", default=None, help="with --forget: the concept to watch")
+    ap.add_argument("--rule", default=None, help="comma-separated words whose bench/tune-WORD.json sweeps exist: "
+                    "print the kind's rule picked over all of them, then stop")
     args = ap.parse_args(argv)
+    if args.rule:
+        return print_rule(args.rule.split(","))
     grid = KIND_GRID if args.forget else GRID
     args.methods = args.methods or ",".join(m for m in grid if m != "saddle-forms")
     out = Path(args.out or f"bench/tune-{args.forget or args.task}.json")
@@ -108,6 +132,8 @@ def main(argv=None):
     print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in (g for g in grid if g != "saddle-forms"):
         mine = [r for r in rows if r["method"] == m and r.get("profile") == setting]
+        if args.forget:  # rows of an earlier grid stay in the JSON, but the pick is made within today's grid
+            mine = [r for r in mine if r["overrides"] in grid[m]]
         if not mine:
             continue
         if m == "saddle" and not args.forget:  # the pick is made within the default constraint form (`pick_form`)
@@ -129,6 +155,23 @@ def main(argv=None):
     for f, p in picks.items():
         print(f"| {f} | " + " | ".join(f"{t}: {r['overrides'].get('tau_mult')}× → {r['lpips_ret']:.4f} / {r['forget_rate']:.2f}"
                                        for t, r in p.items()) + " |")
+
+
+def print_rule(words: list[str]) -> None:
+    by_pair = {}
+    for w in words:
+        path = Path(f"bench/tune-{w}.json")
+        if not path.exists():
+            raise SystemExit(f"--rule: {path} does not exist; run bench/tune.py --forget {w} --neighbour WORD first")
+        by_pair[w] = json.loads(path.read_text())
+    print(f"| method | rule | " + " | ".join(f"{w}: lpips_ret / forget rate" for w in words) + " |")
+    print("|---|---|" + "---|" * len(words))
+    for m, c in pick_rule(by_pair).items():
+        if c is None:
+            print(f"| {m} | none forgets on every pair | " + " | ".join("" for _ in words) + " |")
+            continue
+        print(f"| {m} | {c['overrides'] or 'default'} | " + " | ".join(
+            f"{format_ci(r['lpips_ret'], r['lpips_ret_ci'])} / {r['forget_rate']:.2f}" for r in c["rows"].values()) + " |")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,24 @@ def test_claims_are_judged_from_the_numbers():
     assert verdict[("(b) help losses keep integrity", "OVW")] is True  # below ESD and SA (SalUn did not forget)
     assert verdict[("(b) help losses keep integrity", "Saddle")] is False  # 0.035 is above SA's 0.03
     assert verdict[("(c) L_help matters", "OVW")] is True
+
+
+def test_a_kinds_rule_is_picked_over_every_pair():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+
+    def row(cfg, forget, lpips):
+        return {"method": "ovw", "overrides": cfg, "forget_rate": forget, "lpips_ret": lpips}
+
+    grid = {"ovw": [{}, {"lr": 3e-4}, {"lr": 1e-3}], "sa": [{}]}
+    by_pair = {"blue": [row({}, 0.1, 0.007), row({"lr": 3e-4}, 0.0, 0.013), row({"lr": 1e-3}, 0.0, 0.047)],
+               "red": [row({}, 0.6, 0.010), row({"lr": 3e-4}, 0.0, 0.013), row({"lr": 1e-3}, 0.1, 0.034)]}
+    rule = tune.pick_rule(by_pair, grid)
+    # the default forgets blue only; of the two that forget both, 3e-4 has the lower mean lpips_ret
+    assert rule["ovw"]["overrides"] == {"lr": 3e-4} and set(rule["ovw"]["rows"]) == {"blue", "red"}
+    assert rule["sa"] is None  # never run: no config forgets on every pair
+    by_pair["red"][1]["forget_rate"] = 0.5
+    assert tune.pick_rule(by_pair, grid)["ovw"]["overrides"] == {"lr": 1e-3}

@@ -36,15 +36,16 @@ TUNED: dict[str, dict[str, dict]] = {
     "object": {"salun": {"lr": 3e-5}},  # measured 2026-11-29: bench/tune-object.json, README "Tuning"
     "style": {"esd-x": {"lr": 1e-3}, "sa": {"lr": 3e-5}},  # the only ESD config that forgot wavy at 50 steps
 }
-# Per-kind rules for any other concept of the world, each picked by the same rule on one pair of the kind and
-# checked on another (`bench/claims.py`). object and style: the built-in tasks' picks (triangle, wavy: above);
-# colour, measured 2026-11-30 on blue (watching green), bench/tune-blue.json: at their defaults ESD-x (1.00), SA and
-# Saddle (0.40) keep the colour; SalUn and OVW forget it. ESD-x forgets it only at 10x its lr, and then forgets
-# nearly everything (retain accuracy 0.05): the rule is what the sweep picked, the damage is the finding.
+# Per-kind rules for any other concept of the world, each picked by the same rule over two pairs of the kind
+# (`bench/tune.py --rule`) and checked on a third (`bench/claims.py`). object and style: the built-in tasks' picks
+# (triangle, wavy: above). colour, measured 2026-11-30 on blue (watching green) and red (watching yellow),
+# bench/tune-{blue,red}.json: per method, the config of `KIND_GRID` that forgets both with the lowest mean
+# lpips_ret. A rule picked on blue alone did not transfer to red (ESD, Saddle, OVW kept it); ESD-x's learning rate
+# never made it forget red, its negative-guidance scale η does (η = 10: forget rate 0.00 on both).
 KIND_RULES: dict[str, dict[str, dict]] = {
     "object": TUNED["object"],
     "style": TUNED["style"],
-    "colour": {"esd-x": {"lr": 3e-3}, "sa": {"lr": 1e-3}, "saddle": {"lr": 3e-4}},
+    "colour": {"esd-x": {"eta": 10.0}, "sa": {"lr": 1e-3}, "saddle": {"lr": 1e-3}, "ovw": {"lr": 3e-4}},
 }
 _TUNED_PARENT = {"ovw-nohelp": "ovw"}
 # LoRA runs (params="lora") train a few adapter weights: at the full-weight learning rate they do not forget
