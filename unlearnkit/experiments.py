@@ -123,8 +123,9 @@ PROFILES = {
     # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) keep `reproduce`
     # (13 unlearning runs) within 20 min on 2 cores
     "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), eval_seeds=(0,), sample_steps=10),
-    # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt (hours for all notebooks;
-    # `unlearnkit reproduce --profile full --only 10` writes figures/table1_full.*, resumable through the run cache)
+    # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt. `unlearnkit reproduce
+    # --profile full --only 10` writes figures/table1_full.* (23 min on 2 cores, 2026-11-30), resumable through the
+    # run cache; the other notebooks on it are not timed
     "full": Profile("full", method_overrides=dict(data_steps=10), eval_seeds=(0, 1), max_retain=None, sample_steps=10),
     "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2),
                    attack_settings=dict(steps=300, data_seeds=2, data_steps=20, seeds=(0, 1, 2, 3), sample_steps=20)),
