@@ -37,14 +37,18 @@ TUNED: dict[str, dict[str, dict]] = {
     "style": {"esd-x": {"lr": 1e-3}, "sa": {"lr": 3e-5}},  # the only ESD config that forgot wavy at 50 steps
 }
 # Per-kind rules for any other concept of the world, each picked by the same rule over two pairs of the kind
-# (`bench/tune.py --rule`) and checked on a third (`bench/claims.py`). object and style: the built-in tasks' picks
-# (triangle, wavy: above). colour, measured 2026-11-30 on blue (watching green) and red (watching yellow),
-# bench/tune-{blue,red}.json: per method, the config of `KIND_GRID` that forgets both with the lowest mean
-# lpips_ret. A rule picked on blue alone did not transfer to red (ESD, Saddle, OVW kept it); ESD-x's learning rate
-# never made it forget red, its negative-guidance scale η does (η = 10: forget rate 0.00 on both).
+# (`bench/tune.py --rule`): per method, the config of its `KIND_GRIDS` ladder (bench/tune.py) that forgets on both
+# with the lowest mean lpips_ret; then checked on a third pair no sweep saw (`bench/claims.py`). Measured 2026-11-30:
+# - object: the built-in task's picks (triangle), checked on star (every method forgets).
+# - style, on wavy (watching striped) and striped (watching dotted), bench/tune-{wavy,striped}.json: every method's
+#   default forgets both, but ESD-x's needs 3x its lr (wavy 0.00, striped 0.20). (TUNED["style"]'s lr 1e-3, picked on
+#   wavy alone, left striped at 0.23.)
+# - colour, on blue (watching green) and red (watching yellow), bench/tune-{blue,red}.json. A rule picked on blue
+#   alone did not transfer to red (ESD, Saddle, OVW kept it); ESD-x's learning rate never made it forget red, its
+#   negative-guidance scale η does (η = 10: forget rate 0.00 on both).
 KIND_RULES: dict[str, dict[str, dict]] = {
     "object": TUNED["object"],
-    "style": TUNED["style"],
+    "style": {"esd-x": {"lr": 9e-4}},
     "colour": {"esd-x": {"eta": 10.0}, "sa": {"lr": 1e-3}, "saddle": {"lr": 1e-3}, "ovw": {"lr": 3e-4}},
 }
 _TUNED_PARENT = {"ovw-nohelp": "ovw"}
