@@ -210,9 +210,12 @@ def test_run_method_applies_the_tasks_tuned_config_and_table_extras(tiny_pipe, o
 def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
     from unlearnkit import experiments
 
-    assert experiments.tuned("pair-striped-dotted", "esd-x", "style") == experiments.TUNED["style"]["esd-x"]
+    # a kind's rule is its own (picked over two pairs of the kind), not the built-in task's pick
+    assert experiments.tuned("pair-striped-dotted", "esd-x", "style") == experiments.KIND_RULES["style"]["esd-x"]
+    assert experiments.tuned("pair-striped-dotted", "sa", "style") == {}  # the default won for SA on styles
     assert experiments.tuned("pair-red-yellow", "sa", "colour") == experiments.KIND_RULES["colour"]["sa"]
-    assert experiments.tuned("pair-red-yellow", "ovw-nohelp", "colour") == {}  # OVW's rule: its defaults
+    # the ablation takes OVW's rule
+    assert experiments.tuned("pair-red-yellow", "ovw-nohelp", "colour") == experiments.KIND_RULES["colour"]["ovw"]
     assert experiments.tuned("object", "salun", "colour") == experiments.TUNED["object"]["salun"]  # a task's own pick wins
     assert experiments.profile("cpu").concept_task("red").kind == "colour"
 
