@@ -86,10 +86,10 @@ def test_attack_refuses_what_it_cannot_do(tiny_pipe, object_task):
     with pytest.raises(ValueError, match="already a word"):
         attack(tiny_pipe, object_task, token="circle", steps=1, batch_size=1, data_seeds=1, data_steps=2)
     sd_task = uk.get_task("sd-cat")
-    from unlearnkit.attacks import _judge
+    from unlearnkit.metrics import forget_hits
 
     with pytest.raises(ValueError, match="pass clip="):
-        _judge(torch.zeros(1, 3, 32, 32), sd_task)
+        forget_hits(torch.zeros(1, 3, 32, 32), sd_task)
 
 
 def test_cli_unlearns_several_words_in_order_and_attacks(tiny_pipe, tmp_path):

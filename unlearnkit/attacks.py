@@ -26,25 +26,6 @@ from .data import DATA_SEED0, cached_sample_pairs
 KINDS = ("embedding",)
 
 
-def _judge(images, task, classifier=None, clip=None) -> torch.Tensor:
-    # 1 where the image shows the forget concept
-    from . import world
-
-    if task.kind in world.KINDS and task.forget_concept in world.KINDS[task.kind]:
-        from .classifier import load_classifier
-
-        clf = classifier or load_classifier()
-        return torch.tensor([float(p[task.kind] == task.forget_concept) for p in clf.predict(images)])
-    if clip is None:
-        raise ValueError(f"task {task.name!r} is not on the embedded world: pass clip=<a CLIP model path or hub id> "
-                         "to judge the attack's images by zero-shot classification")
-    from .metrics import clip_zero_shot, load_clip
-
-    clip = load_clip(clip) if isinstance(clip, str) else clip
-    labels = [task.forget_concept, *dict.fromkeys(task.retain_concepts)]
-    return torch.tensor([float(p == task.forget_concept) for p in clip_zero_shot(clip, images, labels)])
-
-
 def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr: float = 5e-3, batch_size: int = 8,
            token: str = "<concept>", data_seeds: int = 2, data_steps: int = 20, seeds=(0,), sample_steps: int = 20,
            guidance_scale: float = 2.0, seed: int = 0, cache_dir=None, classifier=None, clip=None) -> dict:
@@ -54,7 +35,7 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     {'recovered_forget_rate', 'recovered_forget_rate_ci' (95% bootstrap over images), 'forget_rate' (the same
     prompts with the concept's own word, no attack), 'attack_prompts', 'history' (loss per step), 'seconds'}.
     """
-    from .metrics import bootstrap_ci
+    from .metrics import bootstrap_ci, forget_hits
     from .sampling import sample
 
     if kind not in KINDS:
@@ -113,10 +94,10 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     table.requires_grad_(False)
 
     # judge: the token's prompts against the concept's own word, same seeds
-    shown = _judge(sample(attacked, attack_prompts, list(seeds), steps=sample_steps, guidance_scale=guidance_scale),
-                   task, classifier, clip)
-    plain = _judge(sample(pipe, task.forget_prompts, list(seeds), steps=sample_steps, guidance_scale=guidance_scale),
-                   task, classifier, clip)
+    shown = torch.tensor(forget_hits(sample(attacked, attack_prompts, list(seeds), steps=sample_steps,
+                                            guidance_scale=guidance_scale), task, classifier, clip), dtype=torch.float32)
+    plain = torch.tensor(forget_hits(sample(pipe, task.forget_prompts, list(seeds), steps=sample_steps,
+                                            guidance_scale=guidance_scale), task, classifier, clip), dtype=torch.float32)
     return {"recovered_forget_rate": float(shown.mean()), "recovered_forget_rate_ci": bootstrap_ci(shown),
             "forget_rate": float(plain.mean()), "forget_rate_ci": bootstrap_ci(plain), "attack_prompts": attack_prompts,
             "token": token, "steps": steps, "history": history, "seconds": time.time() - start}

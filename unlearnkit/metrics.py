@@ -291,16 +291,15 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
         from .classifier import load_classifier
 
         clf = classifier or load_classifier()
-        pred_f, pred_r = clf.predict(new_f), clf.predict(new_r)
-        truth_r = [world.parse(p) for p in r_prompts]
-        hit_f = [p[task.kind] == task.forget_concept for p in pred_f]
+        pred_r, truth_r = clf.predict(new_r), [world.parse(p) for p in r_prompts]
+        hit_f = forget_hits(new_f, task, classifier=clf)
         hit_r = [p == t for p, t in zip(pred_r, truth_r)]
-        out["forget_rate"] = sum(hit_f) / len(pred_f)
+        out["forget_rate"] = sum(hit_f) / len(hit_f)
         out["retain_accuracy"] = sum(hit_r) / len(pred_r)
         out["forget_rate_ci"] = bootstrap_ci(torch.tensor(hit_f, dtype=torch.float32))
         out["retain_accuracy_ci"] = bootstrap_ci(torch.tensor(hit_r, dtype=torch.float32))
-        base_pf, base_pr = clf.predict(base_f), clf.predict(base_r)
-        out["base_forget_rate"] = sum(p[task.kind] == task.forget_concept for p in base_pf) / len(base_pf)
+        base_hit_f, base_pr = forget_hits(base_f, task, classifier=clf), clf.predict(base_r)
+        out["base_forget_rate"] = sum(base_hit_f) / len(base_hit_f)
         out["base_retain_accuracy"] = sum(p == t for p, t in zip(base_pr, truth_r)) / len(base_pr)
         if fid:
             # real images: renders of the same retain prompts with the same evaluation seeds
@@ -313,10 +312,9 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
         concept = dict(zip(task.retain_prompts, task.retain_concepts))
         labels = [task.forget_concept, *dict.fromkeys(task.retain_concepts)]
         for prefix, (f_img, r_img) in (("", (new_f, new_r)), ("base_", (base_f, base_r))):
-            pred_f, pred_r = clip_zero_shot(clip, f_img, labels), clip_zero_shot(clip, r_img, labels)
-            hit_f = [p == task.forget_concept for p in pred_f]
+            hit_f, pred_r = forget_hits(f_img, task, clip=clip), clip_zero_shot(clip, r_img, labels)
             hit_r = [p == concept[q] for p, q in zip(pred_r, r_prompts)]
-            out[prefix + "forget_rate"] = sum(hit_f) / len(pred_f)
+            out[prefix + "forget_rate"] = sum(hit_f) / len(hit_f)
             out[prefix + "retain_accuracy"] = sum(hit_r) / len(pred_r)
             out[prefix + "forget_rate_ci"] = bootstrap_ci(torch.tensor(hit_f, dtype=torch.float32))
             out[prefix + "retain_accuracy_ci"] = bootstrap_ci(torch.tensor(hit_r, dtype=torch.float32))
@@ -327,6 +325,22 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     if out["forgot"] is False and out.get("base_forget_rate", 1.0) > forgot_below:
         warnings.warn(did_not_forget(out["forget_rate"], forgot_below), stacklevel=2)
     return out
+
+
+def forget_hits(images: torch.Tensor, task, classifier=None, clip=None) -> list[bool]:
+    """Per image, whether it still shows `task.forget_concept`: the concept classifier on the embedded world's
+    concepts, else CLIP zero-shot over the task's concepts (`clip`: a model from `load_clip`, or its path / hub id)."""
+    if task.kind in world.KINDS and task.forget_concept in world.KINDS[task.kind]:
+        from .classifier import load_classifier
+
+        clf = classifier or load_classifier()
+        return [p[task.kind] == task.forget_concept for p in clf.predict(images)]
+    if clip is None:
+        raise ValueError(f"task {task.name!r} is not on the embedded world: pass clip=<a CLIP model path or hub id> "
+                         "to judge its images by zero-shot classification")
+    clip = load_clip(clip) if isinstance(clip, (str, Path)) else clip
+    labels = [task.forget_concept, *dict.fromkeys(task.retain_concepts)]
+    return [p == task.forget_concept for p in clip_zero_shot(clip, images, labels)]
 
 
 def did_not_forget(forget_rate: float, threshold: float = None) -> str:
