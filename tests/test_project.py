@@ -114,6 +114,9 @@ def test_a_kinds_rule_is_picked_over_every_pair():
     rule = tune.pick_rule(by_pair, grid)
     # the default forgets blue only; of the two that forget both, 3e-4 has the lower mean lpips_ret
     assert rule["ovw"]["overrides"] == {"lr": 3e-4} and set(rule["ovw"]["rows"]) == {"blue", "red"}
-    assert rule["sa"] is None  # never run: no config forgets on every pair
+    assert rule["ovw"]["forgets"] and rule["sa"] is None  # SA never ran
     by_pair["red"][1]["forget_rate"] = 0.5
     assert tune.pick_rule(by_pair, grid)["ovw"]["overrides"] == {"lr": 1e-3}
+    by_pair["red"][2]["forget_rate"] = 0.7  # none forgets on both: the lowest worst-pair forget rate, marked
+    fallback = tune.pick_rule(by_pair, grid)["ovw"]
+    assert fallback["overrides"] == {"lr": 3e-4} and fallback["forgets"] is False
