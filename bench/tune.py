@@ -23,7 +23,7 @@ import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
 from unlearnkit.methods import make_config
-from unlearnkit.metrics import LPIPSDistance, format_ci
+from unlearnkit.metrics import FORGOT_BELOW, LPIPSDistance, format_ci
 
 GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
@@ -52,13 +52,12 @@ GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FOR
 # styles η did not (wavy 0.93, 0.77, 0.87; striped 1.00 at every η; bench/tune-{wavy,striped}.json).
 _LR_LADDER = {m: [{}, {"lr": 3 * make_config(m).lr}, {"lr": 10 * make_config(m).lr}]
               for m in ("esd-x", "salun", "sa", "saddle", "ovw")}
-KIND_GRIDS = {"style": _LR_LADDER, "colour": {**_LR_LADDER, "esd-x": [{}, {"eta": 3.0}, {"eta": 10.0}]}}
-KIND_GRIDS["object"] = _LR_LADDER
+KIND_GRIDS = {"object": _LR_LADDER, "style": _LR_LADDER, "colour": {**_LR_LADDER, "esd-x": [{}, {"eta": 3.0}, {"eta": 10.0}]}}
 
 
 def pick(rows: list[dict]) -> dict:
     """The rule: lowest lpips_ret among configs that forget (forget_rate <= 0.2), else the lowest forget rate."""
-    ok = [r for r in rows if r["forget_rate"] <= 0.2]
+    ok = [r for r in rows if r["forget_rate"] <= FORGOT_BELOW]
     return min(ok, key=lambda r: r["lpips_ret"]) if ok else min(rows, key=lambda r: (r["forget_rate"], r["lpips_ret"]))
 
 
@@ -73,9 +72,8 @@ def pick_rule(by_pair: dict[str, list[dict]], grid: dict) -> dict[str, dict | No
         for cfg in cfgs:
             rows = {p: next((r for r in rs if r["method"] == m and r["overrides"] == cfg), None) for p, rs in by_pair.items()}
             if all(rows.values()):
-                cands.append({"overrides": cfg, "rows": rows})
-        for c in cands:
-            c["forgets"] = all(r["forget_rate"] <= 0.2 for r in c["rows"].values())
+                cands.append({"overrides": cfg, "rows": rows,
+                              "forgets": all(r["forget_rate"] <= FORGOT_BELOW for r in rows.values())})
         ok = [c for c in cands if c["forgets"]]
         if ok:
             out[m] = min(ok, key=lambda c: sum(r["lpips_ret"] for r in c["rows"].values()))
@@ -173,11 +171,11 @@ def print_rule(words: list[str]) -> None:
         if not path.exists():
             raise SystemExit(f"--rule: {path} does not exist; run bench/tune.py --forget {w} --neighbour WORD first")
         by_pair[w] = json.loads(path.read_text())
-    print(f"| method | rule | " + " | ".join(f"{w}: lpips_ret / forget rate" for w in words) + " |")
-    print("|---|---|" + "---|" * len(words))
     kinds = {world.kind_of(w) for w in words}
     if len(kinds) != 1:
         raise SystemExit(f"--rule: {', '.join(words)} are not of one kind ({', '.join(sorted(kinds))}); a rule is per kind")
+    print(f"| method | rule | " + " | ".join(f"{w}: lpips_ret / forget rate" for w in words) + " |")
+    print("|---|---|" + "---|" * len(words))
     for m, c in pick_rule(by_pair, KIND_GRIDS[kinds.pop()]).items():
         if c is None:
             print(f"| {m} | not run on every pair | " + " | ".join("" for _ in words) + " |")
