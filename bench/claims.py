@@ -2,8 +2,10 @@
 
     python bench/claims.py --forget WORD --neighbour WORD [--profile cpu] [--out bench/claims-WORD.json]
 
-Runs the Table-1 methods (their defaults, or their kind's rule `experiments.KIND_RULES`: a new pair has no tuned
-configs) on the task that forgets WORD and watches its neighbour, evaluates each against the base, and checks:
+Runs the Table-1 methods on the task that forgets WORD and watches its neighbour, each made to forget by
+`experiments.run_until_forgotten`: its kind's rule (`experiments.KIND_RULES`; a new pair has no tuned configs)
+trained until a check on held-out seeds says forgotten, at a higher learning rate where it does not (OVW w/o L_help
+climbs with OVW's checks). Then it evaluates each against the base and checks:
   forgets       the method forgot (forget rate <= 0.2); the claims below count only methods that did
   (a) neighbour the neighbour concept pays most: LPIPS_ret on its prompts above the rest's, intervals disjoint
   (b) help      OVW (and Saddle) keep the model closer to the base than every baseline that forgot (ESD, SalUn, SA)
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from unlearnkit import world
-from unlearnkit.experiments import FIGURE_METHODS, KIND_RULES, profile, run_method
+from unlearnkit.experiments import ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, profile, run_until_forgotten
 from unlearnkit.io import atomic_write
 from unlearnkit.metrics import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
 from unlearnkit.models import load_base
@@ -63,14 +65,19 @@ def main(argv=None):
     P = profile(args.profile)
     task = P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
     base, lpips = load_base(), LPIPSDistance()
-    results = {}
+    results, trained = {}, {}
     for m, label in FIGURE_METHODS.items():
-        run = run_method(base, task, m, P, progress=False)
+        run = run_until_forgotten(base, task, m, P, progress=False, like="ovw" if m == "ovw-nohelp" else None)
         results[label] = evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
+        trained[label] = {"lr": run.config.lr, "steps": len(run.history), "checks": run.forget_checks}
     rows = claims(results)
     rule = KIND_RULES.get(task.kind)
-    print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile, "
-          + (f"the {task.kind} rule {rule}, else the defaults)" if rule else "method defaults)"))
+    print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile; "
+          + (f"the {task.kind} rule {rule}, else the defaults" if rule else "method defaults")
+          + f", trained until forgotten: at most {ESCALATE_STEPS}x the steps, lr x {', '.join(map(str, ESCALATION))})")
+    print("| method | lr | steps | held-out checks (step: forget rate) |\n|---|---|---|---|")
+    for label, t in trained.items():
+        print(f"| {label} | {t['lr']:.2g} | {t['steps']} | " + ", ".join(f"{k}: {v:.2f}" for k, v in t["checks"].items()) + " |")
     print("| claim | method | holds | numbers |\n|---|---|---|---|")
     for claim, who, holds, numbers in rows:
         print(f"| {claim} | {who} | {'—' if holds is None else ('holds' if holds else 'fails')} | {numbers} |")
@@ -79,7 +86,7 @@ def main(argv=None):
             "forget_rate", "retain_accuracy")
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(
         {"forget": args.forget, "neighbour": args.neighbour, "profile": P.name,
-         "results": {m: {k: r.get(k) for k in keep} for m, r in results.items()},
+         "results": {m: {**{k: r.get(k) for k in keep}, **trained[m]} for m, r in results.items()},
          "claims": [dict(zip(("claim", "method", "holds", "numbers"), c)) for c in rows]}, indent=1)))
 
 

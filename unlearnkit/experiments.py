@@ -157,11 +157,12 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     `unlearn` (how the UNet runs, not what it learns: not part of the cache key). `data_from`: as in `unlearn`."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
-    settings = {**prof.method_overrides, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}
-    if settings.get("params") == "lora" and "lr" not in overrides and name in LORA_LR_MULT:
-        settings["lr"] = make_config(name, **settings).lr * LORA_LR_MULT[name]
+    settings = _settings(task, name, prof, use_tuned, overrides)
     cfg = make_config(name, **settings)
-    keyed = [pipeline_fingerprint(pipe), asdict(task), name, asdict(cfg)]
+    keyed_cfg = asdict(cfg)
+    if not keyed_cfg["until_forgotten"]:  # (a field added later: runs without it keep their keys)
+        del keyed_cfg["until_forgotten"]
+    keyed = [pipeline_fingerprint(pipe), asdict(task), name, keyed_cfg]
     if data_from is not None:  # (added only then: runs on the model's own images keep their keys)
         keyed.append(pipeline_fingerprint(data_from))
     key = hashlib.sha1(json.dumps(keyed, default=str).encode()).hexdigest()[:20]
@@ -204,6 +205,47 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
         {"method": name, "config": asdict(cfg), "seconds": result.seconds, "history": result.history,
          "state": layout, "snapshots": {k: v["dict"] for k, v in kept_layout.items()}})))
     return result
+
+
+def _settings(task: Task, name: str, prof: Profile, use_tuned: bool, overrides: dict) -> dict:
+    # run_method's config overrides: the profile's, the task's tuned config (or its kind's rule), the caller's; LoRA
+    # runs get their method's lr multiple (LORA_LR_MULT) unless lr is given
+    settings = {**prof.method_overrides, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}
+    if settings.get("params") == "lora" and "lr" not in overrides and name in LORA_LR_MULT:
+        settings["lr"] = make_config(name, **settings).lr * LORA_LR_MULT[name]
+    return settings
+
+
+# `run_until_forgotten`'s ladder, the same for every method and every kind of concept: each rung trains until
+# forgotten (`until_forgotten`: a check every `steps` steps, at most ESCALATE_STEPS × `steps`), at these multiples
+# of the learning rate; the first rung whose check says forgotten is the run.
+ESCALATION = (1.0, 3.0, 10.0)
+ESCALATE_STEPS = 4
+
+
+def run_until_forgotten(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
+                        like: str | None = None, **overrides) -> UnlearnResult:
+    """`run_method` made to forget: its config (profile, tuned config or kind rule, `overrides`) trained until the
+    concept is gone — checked every `steps` steps on held-out seeds (`train.CHECK_SEEDS`), for at most
+    `ESCALATE_STEPS` × `steps` — and where it is not, again at each learning-rate multiple of `ESCALATION`.
+
+    Returns the first rung whose last check said forgotten, else the last rung (its `forget_checks` say so);
+    `result.config` holds the rung's lr and step budget, `len(result.history)` the steps it took. Every rung is a
+    cached `run_method` run. `like`: climb with another method's checks instead of this one's (an ablation keeps its
+    parent's rung: `like="ovw"` for "ovw-nohelp", so the two differ only by L_help)."""
+    from .metrics import FORGOT_BELOW
+
+    prof = profile(prof) if isinstance(prof, str) else prof
+    name = canonical(method)
+    first = make_config(name, **_settings(task, name, prof, True, overrides))
+    for mult in ESCALATION:
+        rung = {**overrides, "lr": first.lr * mult, "steps": first.steps * ESCALATE_STEPS, "until_forgotten": first.steps}
+        judge = run_method(pipe, task, like, prof, cache_dir=cache_dir, progress=progress, **rung) if like else None
+        run = run_method(pipe, task, name, prof, cache_dir=cache_dir, progress=progress, **rung)
+        checks = (judge or run).forget_checks
+        if checks and list(checks.values())[-1] <= FORGOT_BELOW:
+            break
+    return run
 
 
 def _split_state(state: dict) -> tuple[dict, dict]:

@@ -39,8 +39,18 @@ class UnlearnResult:
     lora_config: object = None  # params="lora": its peft LoraConfig
     snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} (run_method's `quantities.Snapshots`)
 
+    @property
+    def forget_checks(self) -> dict[int, float]:
+        """`until_forgotten`'s checks, {steps done: forget rate on the held-out seeds}; {} when it was off. The run
+        stopped early when the last one is <= metrics.FORGOT_BELOW."""
+        return {h["step"] + 1: h["forget_check"] for h in self.history if "forget_check" in h}
+
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+# the seeds of `until_forgotten`'s check: held out from the training data (seeds 0 .. data_seeds-1) and from every
+# profile's evaluation (0 .. 3), so the run that stops is judged afterwards on images its check never saw. Two: with
+# one, OVW on yellow stopped at a check of 0.03 while the evaluation's seed still saw yellow in 0.30 (2026-11-30)
+CHECK_SEEDS = (1000, 1001)
 
 
 def lora_config(cfg):
@@ -74,6 +84,23 @@ def _on(pipe, device: torch.device):
     return type(pipe)(**parts)
 
 
+@torch.no_grad()
+def forget_rate_now(unet, pipe, task, cfg, classifier) -> float:
+    """`until_forgotten`'s check: the share of `task.forget_prompts` × CHECK_SEEDS in which `classifier` still sees
+    the concept, sampled from `pipe` with `unet` (data_steps DDIM steps, guidance data_guidance)."""
+    from .metrics import forget_hits
+    from .sampling import sample
+
+    was_training = unet.training
+    probe = type(pipe)(**{**pipe.components, "unet": unet.eval()})
+    probe.set_progress_bar_config(disable=True)
+    images = sample(probe, task.forget_prompts, seeds=CHECK_SEEDS, steps=cfg.data_steps,
+                    guidance_scale=cfg.data_guidance, progress=False)
+    unet.train(was_training)
+    hits = forget_hits(images, task, classifier=classifier)
+    return sum(hits) / len(hits)
+
+
 def _flush(pending: list[dict], history: list[dict]) -> None:
     # read the logged tensors of several steps with one host-device sync
     tensors = [v.detach().double().reshape(()) for h in pending for v in h.values() if isinstance(v, torch.Tensor)]
@@ -96,6 +123,9 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     graphs: for GPUs, where a step is bound by kernel launches) or 'max-autotune'; the first steps pay for it.
     `data_from`: the pipeline whose images are the training data (default `pipe`; e.g. the original model of a
     sequence of erasures, `unlearn_sequence(data="original")`).
+    With `until_forgotten=N` (a config field) the loop checks every N steps whether the concept is gone (the forget
+    prompts on held-out seeds, judged by the concept classifier) and stops once it is; `result.forget_checks` lists
+    the checks, `len(result.history)` the steps it took.
     """
     name = canonical(method)
     if compile not in COMPILE_MODES:
@@ -104,6 +134,16 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
     cfg = method.config
     if method.needs_anchors and not task.anchor_prompts:
         raise ValueError(f"method {name!r} needs task.anchor_prompts (one per forget prompt); add them to the task")
+    classifier = None
+    if cfg.until_forgotten:
+        from . import world
+        from .classifier import load_classifier
+
+        if task.forget_concept not in world.KINDS.get(task.kind, ()):
+            raise ValueError(f"until_forgotten={cfg.until_forgotten}: task {task.name!r} forgets "
+                             f"{task.forget_concept!r}, which the embedded world's classifier cannot judge; pass "
+                             "until_forgotten=0 and choose `steps` (evaluate(..., clip=...) judges it afterwards)")
+        classifier = load_classifier()
     want = resolve_device(device) if device is not None else pipeline_device(pipe)
     mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if want.type == "cuda" else "no")
     accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=want.type == "cpu")
@@ -161,13 +201,17 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         gen.set_state(generators[accelerator.process_index])
         step, history = ckpt["step"], ckpt["history"]
         method.state.update(ckpt["method_state"])
+    from .metrics import FORGOT_BELOW
+
+    # until_forgotten: the last check said forgotten (a resumed run that stopped stays stopped)
+    forgotten = bool(cfg.until_forgotten and history and history[-1].get("forget_check", 1.0) <= FORGOT_BELOW)
 
     start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name)
     sync_every = 1 if device.type == "cpu" else 25  # host-device syncs to read the logged losses
     if callback is not None and step == 0:
         callback(0, ctx.raw_unet)
-    while step < cfg.steps:
+    while step < cfg.steps and not forgotten:
         ctx.step = step
         for _ in range(cfg.grad_accum):
             with accelerator.accumulate(unet):
@@ -205,9 +249,15 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         bar.update(1)
         if callback is not None:
             callback(step, ctx.raw_unet)
+        if cfg.until_forgotten and (step % cfg.until_forgotten == 0 or step == cfg.steps):
+            _flush(pending, history)
+            history[-1]["forget_check"] = forget_rate_now(ctx.raw_unet, pipe, task, cfg, classifier)
+            forgotten = history[-1]["forget_check"] <= FORGOT_BELOW
+            bar.set_postfix(forget_check=f"{history[-1]['forget_check']:.2f}")
 
         # read the logs, stop on a non-finite loss, checkpoint
-        save = ckpt_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps)
+        save = ckpt_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
+                              or forgotten)
         if save or step % sync_every == 0 or step == cfg.steps:
             _flush(pending, history)
             bad = next((h for h in history[-sync_every:] if not torch.isfinite(torch.tensor(h["loss"]))), None)

@@ -50,6 +50,11 @@ class UnlearnConfig:
     data_steps: int = 20  # DDIM steps used to generate the training data
     data_guidance: float = 2.0  # guidance scale used to generate the training data
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (diffusers'); less memory, ~30% slower
+    # N > 0: train until forgotten. Every N steps the loop samples the forget prompts on held-out seeds (train.
+    # CHECK_SEEDS, which evaluate never uses; data_steps DDIM steps, data_guidance) and stops once the concept
+    # classifier sees the concept in at most metrics.FORGOT_BELOW of them; `steps` is then the most it trains.
+    # Embedded-world concepts only (the classifier judges them). 0: train exactly `steps` steps.
+    until_forgotten: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "data_seeds", "retain_seeds", "data_steps"):
@@ -69,6 +74,8 @@ class UnlearnConfig:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; choose auto, no or bf16")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.until_forgotten < 0:
+            raise ValueError(f"until_forgotten must be >= 0 (0: train exactly `steps` steps), got {self.until_forgotten}")
 
 
 class Method:
