@@ -101,7 +101,7 @@ def test_cli_unlearns_several_words_in_order_and_attacks(tiny_pipe, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["forgot"] == ["triangle", "wavy"]
+    assert r["forgot"] == ["triangle", "wavy"] and r["steps_done"] == 2 and "forget_checks" not in r
     assert (tmp_path / "run" / "stage-1" / "checkpoint.pt").exists() and (tmp_path / "run" / "stage-2").exists()
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["forget"] for h in history] == ["triangle", "wavy"]

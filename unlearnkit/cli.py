@@ -116,7 +116,8 @@ def cmd_unlearn(args):
         export(result, Path(args.out) / "lora", format="lora")
     (Path(args.out) / "history.json").write_text(json.dumps(result.history))
     return {"method": result.method, "pipeline": str(target), "seconds": round(result.seconds, 2),
-            "final_loss": result.history[-1]["loss"], "forgot": [t.forget_concept or t.name for t in tasks]}
+            "final_loss": result.history[-1]["loss"], "forgot": [t.forget_concept or t.name for t in tasks],
+            "steps_done": len(result.history), **({"forget_checks": result.forget_checks} if result.forget_checks else {})}
 
 
 def cmd_attack(args):
@@ -214,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="base", help="the base: 'base', a pipeline folder or a hub id")
     sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
     sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="config overrides, e.g. --set steps=200 --set help_weight=1")
+                    help="config overrides, e.g. --set steps=200 --set help_weight=1; --set until_forgotten=50: a "
+                         "check every 50 steps (held-out seeds, the classifier) stops it once the concept is gone")
     sp.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="run the UNet passes through torch.compile (reduce-overhead: CUDA graphs; for GPUs)")
     config_arg(sp)
