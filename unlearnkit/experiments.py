@@ -49,6 +49,8 @@ TUNED: dict[str, dict[str, dict]] = {
 # - colour, on blue (watching green) and red (watching yellow), bench/tune-{blue,red}.json. A rule picked on blue
 #   alone did not transfer to red (ESD, Saddle, OVW kept it); ESD-x's learning rate never made it forget red, its
 #   negative-guidance scale η does (η = 10: forget rate 0.00 on both).
+# On held-out concepts the rules alone left cross, grainy and yellow kept by some method (bench/claims-*.json before
+# 2026-11-30's rerun; docs/RESULTS.md): `run_until_forgotten` starts from them and trains until forgotten.
 KIND_RULES: dict[str, dict[str, dict]] = {
     "object": {"esd-x": {"lr": 9e-4}, "salun": {"lr": 1e-3}, "sa": {"lr": 3e-4}, "saddle": {"lr": 3e-4}, "ovw": {"lr": 3e-4}},
     "style": {"esd-x": {"lr": 9e-4}},
