@@ -222,21 +222,22 @@ def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
 
 def test_run_until_forgotten_climbs_the_lr_ladder_only_while_the_check_says_not_forgotten(tiny_pipe, object_task,
                                                                                          tmp_path, monkeypatch):
-    from unlearnkit import experiments, metrics
+    from unlearnkit import experiments, train
 
     P = experiments.profile("smoke")  # 2 steps: each rung checks every 2, for at most 8
     lr = make_config("esd-x", **experiments.tuned(object_task.name, "esd-x", object_task.kind)).lr  # its kind's rule
-    monkeypatch.setattr(metrics, "FORGOT_BELOW", 1.0)  # forgotten at the first check of the first rung
+    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)  # forgotten at the first check of the first rung
     run = experiments.run_until_forgotten(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
     assert (run.config.lr, run.config.steps, run.config.until_forgotten, len(run.history)) == (lr, 8, 2, 2)
-    monkeypatch.setattr(metrics, "FORGOT_BELOW", -1.0)  # never forgotten: every rung, the last one returned
+    monkeypatch.setattr(train, "CHECK_BELOW", -1.0)  # never forgotten: every rung, the last one returned
     run = experiments.run_until_forgotten(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
     assert run.config.lr == pytest.approx(lr * experiments.ESCALATION[-1]) and len(run.history) == 8
     assert list(run.forget_checks) == [2, 4, 6, 8]
     rungs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(f"{object_task.name}-esd-x-"))
-    assert len(rungs) == len(experiments.ESCALATION)  # one cached run per rung (the first one's from the first call)
+    # a cached run per rung; the check's bound is part of a run's key, so the first call's run was not taken for one
+    assert len(rungs) == 1 + len(experiments.ESCALATION)
     # an ablation climbs with its parent's checks: the same rung as OVW's, whatever its own checks say
-    monkeypatch.setattr(metrics, "FORGOT_BELOW", 1.0)
+    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)
     ovw = experiments.run_until_forgotten(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False)
     ablation = experiments.run_until_forgotten(tiny_pipe, object_task, "ovw-nohelp", P, cache_dir=tmp_path,
                                                progress=False, like="ovw")
@@ -271,11 +272,11 @@ def test_compile_with_inductor_matches_eager(tiny_pipe, object_task):
 
 
 def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe, object_task, monkeypatch, tmp_path):
-    from unlearnkit import metrics
+    from unlearnkit import train
 
     kw = dict(batch_size=2, data_steps=2, progress=False)
     plain = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=2, **kw)
-    monkeypatch.setattr(metrics, "FORGOT_BELOW", 1.0)  # every check says forgotten: stop at the first (step 2)
+    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)  # every check says forgotten: stop at the first (step 2)
     stopped = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, until_forgotten=2, out_dir=tmp_path, **kw)
     assert len(stopped.history) == 2 and list(stopped.forget_checks) == [2]
     assert 0.0 <= stopped.forget_checks[2] <= 1.0
@@ -284,7 +285,7 @@ def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe,
         assert torch.equal(p, q), n
     again = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, until_forgotten=2, out_dir=tmp_path, **kw)
     assert len(again.history) == 2  # resumed from a run that stopped: it stays stopped
-    monkeypatch.setattr(metrics, "FORGOT_BELOW", -1.0)  # no check says forgotten: all steps, a check every 2
+    monkeypatch.setattr(train, "CHECK_BELOW", -1.0)  # no check says forgotten: all steps, a check every 2
     full = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=5, until_forgotten=2, **kw)
     assert len(full.history) == 5 and list(full.forget_checks) == [2, 4, 5]
     assert plain.forget_checks == {}

@@ -21,6 +21,7 @@ from .methods import METHODS, Method, canonical, make_config
 from .catalog import get_task
 from .tasks import Task
 from .quantities import Snapshots
+from . import train
 from .train import UnlearnResult, lora_config, unlearn
 
 # the methods of the paper's figures and table, in column order, with their display names
@@ -164,6 +165,8 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     keyed_cfg = asdict(cfg)
     if not keyed_cfg["until_forgotten"]:  # (a field added later: runs without it keep their keys)
         del keyed_cfg["until_forgotten"]
+    else:  # where such a run stops depends on its check too
+        keyed_cfg["check"] = [train.CHECK_BELOW, list(train.CHECK_SEEDS)]
     keyed = [pipeline_fingerprint(pipe), asdict(task), name, keyed_cfg]
     if data_from is not None:  # (added only then: runs on the model's own images keep their keys)
         keyed.append(pipeline_fingerprint(data_from))
@@ -228,15 +231,13 @@ ESCALATE_STEPS = 4
 def run_until_forgotten(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache_dir=None, progress=True,
                         like: str | None = None, **overrides) -> UnlearnResult:
     """`run_method` made to forget: its config (profile, tuned config or kind rule, `overrides`) trained until the
-    concept is gone — checked every `steps` steps on held-out seeds (`train.CHECK_SEEDS`), for at most
+    concept is gone — checked every `steps` steps on held-out seeds (`train.CHECK_SEEDS`, `train.CHECK_BELOW`), for at most
     `ESCALATE_STEPS` × `steps` — and where it is not, again at each learning-rate multiple of `ESCALATION`.
 
     Returns the first rung whose last check said forgotten, else the last rung (its `forget_checks` say so);
     `result.config` holds the rung's lr and step budget, `len(result.history)` the steps it took. Every rung is a
     cached `run_method` run. `like`: climb with another method's checks instead of this one's (an ablation keeps its
     parent's rung: `like="ovw"` for "ovw-nohelp", so the two differ only by L_help)."""
-    from .metrics import FORGOT_BELOW
-
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     first = make_config(name, **_settings(task, name, prof, True, overrides))
@@ -245,7 +246,7 @@ def run_until_forgotten(pipe, task: Task, method: str, prof: Profile | str = "cp
         judge = run_method(pipe, task, like, prof, cache_dir=cache_dir, progress=progress, **rung) if like else None
         run = run_method(pipe, task, name, prof, cache_dir=cache_dir, progress=progress, **rung)
         checks = (judge or run).forget_checks
-        if checks and list(checks.values())[-1] <= FORGOT_BELOW:
+        if checks and list(checks.values())[-1] <= train.CHECK_BELOW:
             break
     return run
 

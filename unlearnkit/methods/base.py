@@ -52,7 +52,8 @@ class UnlearnConfig:
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (diffusers'); less memory, ~30% slower
     # N > 0: train until forgotten. Every N steps the loop samples the forget prompts on held-out seeds (train.
     # CHECK_SEEDS, which evaluate never uses; data_steps DDIM steps, data_guidance) and stops once the concept
-    # classifier sees the concept in at most metrics.FORGOT_BELOW of them; `steps` is then the most it trains.
+    # classifier sees the concept in at most train.CHECK_BELOW of them (half the evaluation's bound, for the
+    # noise of a sample); `steps` is then the most it trains.
     # Embedded-world concepts only (the classifier judges them). 0: train exactly `steps` steps.
     until_forgotten: int = 0
 
