@@ -130,8 +130,8 @@ PROFILES = {
                      attack_settings=dict(steps=2, batch_size=2, data_seeds=1, data_steps=2, seeds=(0,),
                                           sample_steps=2)),
     # 10 DDIM steps for data and evaluation: half the sampling time of 20, object accuracy 91% vs 95% (README);
-    # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) keep `reproduce`
-    # (13 unlearning runs) within 20 min on 2 cores
+    # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) kept the paper's
+    # notebooks (13 unlearning runs) within 20 min on 2 cores; about 24 since notebook 00's yellow section
     "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), eval_seeds=(0,), sample_steps=10),
     # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt. `unlearnkit reproduce
     # --profile full --only 10` writes figures/table1_full.* (23 min on 2 cores, 2026-11-30), resumable through the
