@@ -278,7 +278,7 @@ def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe,
     plain = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=2, **kw)
     monkeypatch.setattr(train, "CHECK_BELOW", 1.0)  # every check says forgotten: stop at the first (step 2)
     stopped = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, until_forgotten=2, out_dir=tmp_path, **kw)
-    assert len(stopped.history) == 2 and list(stopped.forget_checks) == [2]
+    assert len(stopped.history) == 2 and list(stopped.forget_checks) == [2] and stopped.stopped_forgotten
     assert 0.0 <= stopped.forget_checks[2] <= 1.0
     # the check samples on its own seeds: the first 2 steps are those of a plain 2-step run
     for (n, p), (_, q) in zip(plain.pipeline.unet.named_parameters(), stopped.pipeline.unet.named_parameters()):
@@ -289,6 +289,7 @@ def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe,
     full = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=5, until_forgotten=2, **kw)
     assert len(full.history) == 5 and list(full.forget_checks) == [2, 4, 5]
     assert plain.forget_checks == {}
+    assert not full.stopped_forgotten and not plain.stopped_forgotten
 
 
 def test_until_forgotten_refuses_a_concept_the_classifier_cannot_judge(tiny_pipe, object_task):

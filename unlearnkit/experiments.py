@@ -245,8 +245,7 @@ def run_until_forgotten(pipe, task: Task, method: str, prof: Profile | str = "cp
         rung = {**overrides, "lr": first.lr * mult, "steps": first.steps * ESCALATE_STEPS, "until_forgotten": first.steps}
         judge = run_method(pipe, task, like, prof, cache_dir=cache_dir, progress=progress, **rung) if like else None
         run = run_method(pipe, task, name, prof, cache_dir=cache_dir, progress=progress, **rung)
-        checks = (judge or run).forget_checks
-        if checks and list(checks.values())[-1] <= train.CHECK_BELOW:
+        if (judge or run).stopped_forgotten:
             break
     return run
 

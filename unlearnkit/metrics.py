@@ -327,10 +327,15 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     return out
 
 
+def classifier_judges(task) -> bool:
+    """Whether the concept classifier can judge `task`'s forgetting: it forgets a concept of the embedded world."""
+    return task.forget_concept in world.KINDS.get(task.kind, ())
+
+
 def forget_hits(images: torch.Tensor, task, classifier=None, clip=None) -> list[bool]:
     """Per image, whether it still shows `task.forget_concept`: the concept classifier on the embedded world's
     concepts, else CLIP zero-shot over the task's concepts (`clip`: a model from `load_clip`, or its path / hub id)."""
-    if task.kind in world.KINDS and task.forget_concept in world.KINDS[task.kind]:
+    if classifier_judges(task):
         from .classifier import load_classifier
 
         clf = classifier or load_classifier()

@@ -41,9 +41,13 @@ class UnlearnResult:
 
     @property
     def forget_checks(self) -> dict[int, float]:
-        """`until_forgotten`'s checks, {steps done: forget rate on the held-out seeds}; {} when it was off. The run
-        stopped early when the last one is <= CHECK_BELOW."""
+        """`until_forgotten`'s checks, {steps done: forget rate on the held-out seeds}; {} when it was off."""
         return {h["step"] + 1: h["forget_check"] for h in self.history if "forget_check" in h}
+
+    @property
+    def stopped_forgotten(self) -> bool:
+        """Whether `until_forgotten` stopped the run: its last check was <= CHECK_BELOW."""
+        return _stopped_forgotten(self.history)
 
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
@@ -104,6 +108,11 @@ def forget_rate_now(unet, pipe, task, cfg, classifier) -> float:
     return sum(hits) / len(hits)
 
 
+def _stopped_forgotten(history: list[dict]) -> bool:
+    # until_forgotten's verdict: the last step had a check, and it said forgotten
+    return bool(history) and history[-1].get("forget_check", 1.0) <= CHECK_BELOW
+
+
 def _flush(pending: list[dict], history: list[dict]) -> None:
     # read the logged tensors of several steps with one host-device sync
     tensors = [v.detach().double().reshape(()) for h in pending for v in h.values() if isinstance(v, torch.Tensor)]
@@ -139,10 +148,10 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         raise ValueError(f"method {name!r} needs task.anchor_prompts (one per forget prompt); add them to the task")
     classifier = None
     if cfg.until_forgotten:
-        from . import world
         from .classifier import load_classifier
+        from .metrics import classifier_judges
 
-        if task.forget_concept not in world.KINDS.get(task.kind, ()):
+        if not classifier_judges(task):
             raise ValueError(f"until_forgotten={cfg.until_forgotten}: task {task.name!r} forgets "
                              f"{task.forget_concept!r}, which the embedded world's classifier cannot judge; pass "
                              "until_forgotten=0 and choose `steps` (evaluate(..., clip=...) judges it afterwards)")
@@ -205,7 +214,7 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         step, history = ckpt["step"], ckpt["history"]
         method.state.update(ckpt["method_state"])
     # until_forgotten: the last check said forgotten (a resumed run that stopped stays stopped)
-    forgotten = bool(cfg.until_forgotten and history and history[-1].get("forget_check", 1.0) <= CHECK_BELOW)
+    forgotten = bool(cfg.until_forgotten) and _stopped_forgotten(history)
 
     start = time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name)
@@ -253,7 +262,7 @@ def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_di
         if cfg.until_forgotten and (step % cfg.until_forgotten == 0 or step == cfg.steps):
             _flush(pending, history)
             history[-1]["forget_check"] = forget_rate_now(ctx.raw_unet, pipe, task, cfg, classifier)
-            forgotten = history[-1]["forget_check"] <= CHECK_BELOW
+            forgotten = _stopped_forgotten(history)
             bar.set_postfix(forget_check=f"{history[-1]['forget_check']:.2f}")
 
         # read the logs, stop on a non-finite loss, checkpoint
