@@ -23,7 +23,7 @@ from pathlib import Path
 from unlearnkit import world
 from unlearnkit.experiments import ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, profile, run_until_forgotten
 from unlearnkit.io import atomic_write
-from unlearnkit.metrics import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
+from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
 from unlearnkit.models import load_base
 
 BASELINES, HELPED = ("ESD", "SalUn", "SA"), ("OVW", "Saddle")

@@ -23,7 +23,7 @@ import unlearnkit as uk
 from unlearnkit.experiments import LORA_LR_MULT, profile, run_method, tuned
 from unlearnkit.methods import make_config
 from unlearnkit.io import atomic_write
-from unlearnkit.metrics import LPIPSDistance, format_ci
+from unlearnkit.evaluation import LPIPSDistance, format_ci
 
 MEMORY_PROBE = """
 import resource, sys, unlearnkit as uk

@@ -132,7 +132,7 @@ def main(argv=None):
     # evaluation with and without the base-image cache
     seeds = [0] if args.quick else [0, 1]
     second = uk.unlearn(pipe, task, "esd-x", steps=2, cache_dir=cache, progress=False, data_steps=10, data_seeds=1).pipeline
-    lp = uk.metrics.LPIPSDistance()
+    lp = uk.evaluation.LPIPSDistance()
     kw = dict(seeds=seeds, steps=10, fid=False, lpips=lp)
     ecache = tempfile.mkdtemp()
     first = uk.unlearn(pipe, task, "ga", steps=2, cache_dir=cache, progress=False, data_steps=10, data_seeds=1).pipeline

@@ -23,7 +23,7 @@ import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
 from unlearnkit.methods import make_config
-from unlearnkit.metrics import FORGOT_BELOW, LPIPSDistance, format_ci
+from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, format_ci
 
 GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],

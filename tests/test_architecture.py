@@ -1,4 +1,5 @@
-"""The package's shape (DESIGN.md): dependencies point down, no import cycles, lazy imports included."""
+"""The package's shape (docs/LAYOUT.md): the core imports nothing above it, each layer only those below, no import
+cycles; imports inside functions count."""
 
 import ast
 from pathlib import Path
@@ -51,10 +52,40 @@ def test_no_import_cycles():
     assert not cycles, f"modules on an import cycle: {cycles}"
 
 
+LAYERS = ("evaluation", "experiments", "pictures", "app")  # bottom to top, above the core
+
+
+def _layer(module: str) -> int:
+    # 0 for the core (the top-level modules and methods/), 1.. for the layers in LAYERS' order; `python -m
+    # unlearnkit` (__main__) is the app's
+    if module == "unlearnkit.__main__":
+        return len(LAYERS)
+    part = module.split(".")[1] if module.count(".") else ""
+    return LAYERS.index(part) + 1 if part in LAYERS else 0
+
+
+def test_the_core_imports_nothing_above_it_and_each_layer_only_those_below():
+    graph = _graph()
+    core = [m for m in graph if _layer(m) == 0 and m != "unlearnkit"]
+    assert {"unlearnkit.train", "unlearnkit.losses", "unlearnkit.methods.base", "unlearnkit.export"} <= set(core)
+    upward = sorted(f"{m} -> {d}" for m in graph if m != "unlearnkit" for d in graph[m] if _layer(d) > _layer(m))
+    assert not upward, f"imports that point up a layer: {upward}"
+
+
+def test_the_loop_imports_no_evaluation_and_stays_short():
+    graph = _graph()
+    assert not {d for d in _reach(graph, "unlearnkit.train") if _layer(d) > 0}
+    import inspect
+
+    from unlearnkit import train
+
+    assert len(inspect.getsource(train.train).splitlines()) <= 80
+
+
 def test_dependencies_point_down():
     graph = _graph()
     training = {"unlearnkit.train", "unlearnkit.context", "unlearnkit.basetrain", "unlearnkit.methods"}
-    assert not (_reach(graph, "unlearnkit.metrics") & training), "metrics must import nothing that trains"
+    assert not (_reach(graph, "unlearnkit.evaluation.suite") & training), "evaluation must import nothing that trains"
     assert not (_reach(graph, "unlearnkit.sampling") & (training | {"unlearnkit.models"}))
     assert not (_reach(graph, "unlearnkit.world") & {"unlearnkit.models", "unlearnkit.sampling"})
     assert not any(m.startswith("unlearnkit.methods") for m in _reach(graph, "unlearnkit.losses"))

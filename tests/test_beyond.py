@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import unlearnkit as uk
-from unlearnkit.attacks import attack
-from unlearnkit.sequence import common_retain, evaluate_sequence, stage_tasks, unlearn_sequence
+from unlearnkit.evaluation.attacks import attack
+from unlearnkit.evaluation.sequence import common_retain, evaluate_sequence, stage_tasks, unlearn_sequence
 
 FAST = dict(steps=2, batch_size=2, data_steps=2, progress=False)
 
@@ -64,7 +64,7 @@ def test_each_stage_starts_from_the_previous_stage(tiny_pipe, three_tasks, monke
     for row in rows:  # every forget rate with its interval around it
         assert list(row["forget_rates_ci"]) == list(row["forget_rates"])
         assert all(lo <= row["forget_rates"][c] <= hi for c, (lo, hi) in row["forget_rates_ci"].items())
-    from unlearnkit.figures import sequence_figure
+    from unlearnkit.pictures.figures import sequence_figure
 
     fig = sequence_figure({"ESD-x": rows})
     assert len(fig.axes) == 3 and fig.axes[2].get_title() == "forget rate of 'wavy'"
@@ -86,7 +86,7 @@ def test_attack_refuses_what_it_cannot_do(tiny_pipe, object_task):
     with pytest.raises(ValueError, match="already a word"):
         attack(tiny_pipe, object_task, token="circle", steps=1, batch_size=1, data_seeds=1, data_steps=2)
     sd_task = uk.get_task("sd-cat")
-    from unlearnkit.metrics import forget_hits
+    from unlearnkit.evaluation import forget_hits
 
     with pytest.raises(ValueError, match="pass clip="):
         forget_hits(torch.zeros(1, 3, 32, 32), sd_task)

@@ -17,7 +17,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 import unlearnkit as uk
-from unlearnkit.cli import main
+from unlearnkit.app.cli import main
 from unlearnkit.export import LORA_WEIGHT_NAME, read_lora
 from unlearnkit.models import build_pipeline
 from unlearnkit.sampling import sample

@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from unlearnkit import figures, world
-from unlearnkit.metrics import LPIPSDistance
+from unlearnkit.pictures import figures
+from unlearnkit import world
+from unlearnkit.evaluation import LPIPSDistance
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def columns():
 
 
 def test_importing_figures_leaves_the_backend_alone():
-    code = ("import matplotlib; matplotlib.use('svg'); import unlearnkit.figures, matplotlib.pyplot; "
+    code = ("import matplotlib; matplotlib.use('svg'); import unlearnkit.pictures.figures, matplotlib.pyplot; "
             "print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"
@@ -88,7 +89,8 @@ def test_ladder_and_loss_curves():
 
 
 def test_figure_path_keeps_each_profiles_figures_apart(tmp_path, monkeypatch):
-    from unlearnkit.experiments import figure_path, profile
+    from unlearnkit.pictures.layout import figure_path
+    from unlearnkit.experiments import profile
 
     monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
     assert figure_path("cpu", tmp_path, "table1.md") == tmp_path / "table1.md"

@@ -51,7 +51,7 @@ def test_a_method_defined_in_a_test_file_runs_through_unlearn_run_method_and_the
 
     run = run_method(tiny_pipe, object_task, "push-away", profile("smoke"), cache_dir=tmp_path, progress=False)
     assert run.method == "push-away" and len(run.history) == 2
-    from unlearnkit.cli import build_parser
+    from unlearnkit.app.cli import build_parser
 
     args = build_parser().parse_args(["unlearn", "--method", "push-away", "--out", str(tmp_path / "cli")])
     assert args.method == "push-away"  # the CLI takes any registered name (it reaches make_config unchanged)
@@ -66,12 +66,16 @@ def test_register_method_refuses_what_is_not_a_method_and_presets_of_unknown_fie
     assert "bad" not in METHODS
 
 
-REFERENCE = Path(__file__).parent / "data" / "losses_before_redesign.json"
+REFERENCE = Path(__file__).parent / "data" / "losses_recorded.json"
+# float kernels differ between CPUs (AVX2 vs AVX-512 reductions moved 3-step losses by up to 2.4e-5 relative and the
+# weight sum by 2.2e-6, 2026-12-01): recorded numbers hold to these tolerances, bit-identity only on one machine
+LOSS_RTOL, LOSS_ATOL, WEIGHT_RTOL = 2e-4, 1e-8, 2e-5
 
 
 @pytest.mark.parametrize("case", json.loads(REFERENCE.read_text()), ids=lambda c: f"{c['method']}{c['overrides'] or ''}")
-def test_every_method_makes_the_losses_of_the_loop_before_the_redesign(object_task, case):
-    # recorded with the loop of commit d7829e0 (train.unlearn dispatching on the method's name), 3 steps each
+def test_every_method_makes_its_recorded_losses(object_task, case):
+    # runs without L_help: recorded with the loop of commit d7829e0 (train.unlearn dispatching on the method's name);
+    # runs with it: re-recorded when L_help got its own generator (tests/scripts/record_losses.py). 3 steps each
     from unlearnkit.models import build_pipeline
 
     pipe = build_pipeline("tiny", seed=0)
@@ -80,9 +84,43 @@ def test_every_method_makes_the_losses_of_the_loop_before_the_redesign(object_ta
     assert [set(h) for h in result.history] == [set(h) for h in case["history"]]
     for got, want in zip(result.history, case["history"]):
         for key in want:
-            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), (key, got["step"])
+            assert got[key] == pytest.approx(want[key], rel=LOSS_RTOL, abs=LOSS_ATOL), (key, got["step"])
     weight_sum = sum(float(p.double().sum()) for p in result.pipeline.unet.parameters())
-    assert weight_sum == pytest.approx(case["weight_sum"], rel=1e-6)
+    assert weight_sum == pytest.approx(case["weight_sum"], rel=WEIGHT_RTOL)
+
+
+def test_the_recorded_tolerance_tells_a_moved_data_order_from_kernel_noise(object_task):
+    # the tolerance is loose enough for another CPU's kernels, yet a run on other batches fails it by far
+    case = next(c for c in json.loads(REFERENCE.read_text()) if c["method"] == "esd-x" and not c["overrides"])
+    other = uk.unlearn(uk.models.build_pipeline("tiny", seed=0), object_task, "esd-x", steps=3, batch_size=2,
+                       data_steps=2, progress=False, seed=1)
+    gaps = [abs(g["loss"] - w["loss"]) / abs(w["loss"]) for g, w in zip(other.history, case["history"])]
+    assert min(gaps) > 50 * LOSS_RTOL
+
+
+class _RecordDraws(Method):
+    # OVW's loss, and a record of every forget batch the loop hands the step
+    config_class = uk.methods.OVWConfig
+    needs_anchors = True
+
+    def step(self, ctx, forget):
+        self.state.setdefault("draws", []).append((forget.idx.clone(), forget.t.clone(), forget.noise.clone()))
+        pred, anchor = ctx.train(forget.x_t, forget.t, ctx.e_f[forget.idx]), ctx.frozen(forget.x_t, forget.t, ctx.e_a[forget.idx])
+        return lambda out: losses.regression_loss(out[pred], out[anchor])
+
+
+def test_switching_l_help_on_leaves_the_forget_batches_bit_identical(tiny_pipe, object_task):
+    register_method("record-draws")(_RecordDraws)
+    try:
+        kw = dict(steps=3, batch_size=2, data_steps=2, progress=False)
+        off = uk.unlearn(tiny_pipe, object_task, "record-draws", help_weight=0.0, **kw)
+        on = uk.unlearn(tiny_pipe, object_task, "record-draws", help_weight=1.0, **kw)
+    finally:
+        METHODS.pop("record-draws")
+    assert "help" in on.history[0] and "help" not in off.history[0]
+    for a, b in zip(off.state["draws"], on.state["draws"]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert on.history[0]["loss"] != off.history[0]["loss"]  # L_help itself is there
 
 
 def test_foreach_ewc_penalty_and_mask_equal_the_per_tensor_versions():

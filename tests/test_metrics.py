@@ -5,7 +5,7 @@ import torch
 import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.data import cached_sample_pairs, pipeline_fingerprint
-from unlearnkit.metrics import LPIPSDistance, bootstrap_ci, classifier_fid, fid_ci, frechet_distance, results_table
+from unlearnkit.evaluation import LPIPSDistance, bootstrap_ci, classifier_fid, fid_ci, frechet_distance, results_table
 
 FAST = dict(seeds=[0], steps=2, fid=False)
 
@@ -96,8 +96,8 @@ def test_evaluate_lists_every_retain_pair_and_intervals(tiny_pipe, object_task, 
 
 
 def test_frechet_distance_matches_torchmetrics_fid_and_its_interval():
-    from unlearnkit.classifier import load_classifier
-    from unlearnkit.metrics import _Features
+    from unlearnkit.evaluation.classifier import load_classifier
+    from unlearnkit.evaluation import _Features
 
     clf = load_classifier()
     for n in (6, 130):  # both branches: fewer and more images than the 128 feature dimensions

@@ -5,8 +5,8 @@ import torch
 
 from unlearnkit import world
 from unlearnkit.data import pipeline_fingerprint
-from unlearnkit.metrics import LPIPSDistance
-from unlearnkit.probes import lpips_ladder, shift, weight_noise
+from unlearnkit.evaluation import LPIPSDistance
+from unlearnkit.evaluation.probes import lpips_ladder, shift, weight_noise
 
 
 def test_weight_noise_has_the_asked_size_and_leaves_the_base_alone(tiny_pipe):

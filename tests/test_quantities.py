@@ -73,8 +73,8 @@ def test_explore_draws_a_figure_headless_and_widgets_live(tiny_pipe, object_task
     import ipywidgets
     import matplotlib.figure
 
-    from unlearnkit.explorer import esd_sliders
-    from unlearnkit.metrics import LPIPSDistance
+    from unlearnkit.pictures.explorer import esd_sliders
+    from unlearnkit.evaluation import LPIPSDistance
 
     lpips = LPIPSDistance()
     fig = uk.explore(tiny_pipe, {"same": tiny_pipe}, object_task, lpips, steps=2, interactive=False)

@@ -22,7 +22,7 @@ def test_image_size_and_channels_the_model_does_not_take(tiny_pipe):
 
 
 def test_classifier_rejects_grey_images():
-    from unlearnkit.classifier import ConceptClassifier
+    from unlearnkit.evaluation.classifier import ConceptClassifier
 
     with pytest.raises(ValueError, match=r"shape \(2, 1, 32, 32\)"):
         ConceptClassifier().predict(torch.rand(2, 1, 32, 32))
@@ -42,7 +42,7 @@ def test_missing_and_foreign_checkpoints(tmp_path):
 def test_mismatched_weights_for_the_classifier(tmp_path, tiny_pipe):
     from safetensors.torch import save_file
 
-    from unlearnkit.classifier import load_classifier
+    from unlearnkit.evaluation.classifier import load_classifier
 
     save_file({k: v.contiguous() for k, v in tiny_pipe.unet.state_dict().items()}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="another model's weights"):
@@ -110,7 +110,7 @@ def test_sigkill_then_the_same_command_resumes_bit_identically(tiny_pipe, tmp_pa
 def test_reproduce_names_the_failing_notebook_and_cell(tmp_path):
     import nbformat
 
-    from unlearnkit.reproduce import reproduce
+    from unlearnkit.app.reproduce import reproduce
 
     book = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "smoke"\nfigures_dir = "."')
@@ -128,7 +128,7 @@ def test_reproduce_names_the_failing_notebook_and_cell(tmp_path):
 def test_reproduce_runs_a_group_by_name(tmp_path):
     import nbformat
 
-    from unlearnkit.reproduce import reproduce
+    from unlearnkit.app.reproduce import reproduce
 
     for name, code in (("00_paper", "raise RuntimeError('not in the group')"), ("12_seq", "x = 1"), ("13_att", "x = 2")):
         book = nbformat.v4.new_notebook()

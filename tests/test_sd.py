@@ -103,7 +103,7 @@ def tiny_clip_dir(sd_dir, tmp_path_factory):
 
 
 def test_clip_zero_shot_forget_rate_accuracy_and_clipscore(sd_dir, sd_task, tiny_clip_dir):
-    from unlearnkit.metrics import clip_zero_shot, load_clip
+    from unlearnkit.evaluation import clip_zero_shot, load_clip
 
     pipe = uk.load_pipeline(sd_dir, device="cpu")
     r = uk.evaluate(pipe, pipe, sd_task, seeds=[0, 1], steps=2, clip=str(tiny_clip_dir))

@@ -38,6 +38,14 @@ def pipeline_device(pipe) -> torch.device:
     return next(pipe.unet.parameters()).device
 
 
+def with_unet(pipe, unet):
+    """A pipeline of `pipe`'s class and parts with `unet` in place of its UNet (the other parts shared, not copied);
+    its progress bar off."""
+    swapped = type(pipe)(**{**pipe.components, "unet": unet})
+    swapped.set_progress_bar_config(disable=True)
+    return swapped
+
+
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """`encoder_hidden_states` [N, tokens, dim] for a list of prompts ('' is the unconditional prompt)."""
     check_words(pipe.tokenizer, [p for p in prompts if p])

@@ -1,7 +1,7 @@
-"""What a method's step sees (`StepContext`): the encoded data, noise draws, and the queued UNet passes.
+"""What a method sees (`StepContext`): the encoded data, noise draws, and the queued UNet passes.
 
-Every UNet input a step queues with `ctx.train(...)` or `ctx.frozen(...)` runs as one batched pass of the
-trained UNet and one of the frozen base; rows are independent, so the outputs equal separate calls.
+Every UNet input a step queues with `ctx.train`, `ctx.frozen` or `ctx.current` runs as one batched pass of that
+model; rows are independent, so the outputs equal separate calls. The contract is `methods/base.py`'s docstring.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .backbone import encode_prompts
-from .losses import regression_target
+from .losses import add_noise, regression_target
 
 
 @dataclass
@@ -25,19 +25,6 @@ class Draw:
     target: torch.Tensor
 
 
-class _Batches:
-    """Random mini-batch indices into one data set, with noise and timesteps, all from one generator."""
-
-    def __init__(self, latents, gen):
-        self.latents, self.gen = latents, gen
-
-    def draw(self, n, num_timesteps):
-        idx = torch.randint(0, len(self.latents), (n,), generator=self.gen)
-        noise = torch.randn((n, *self.latents.shape[1:]), generator=self.gen)
-        timesteps = torch.randint(0, num_timesteps, (n,), generator=self.gen)
-        return idx, noise, timesteps
-
-
 class _Fused:
     """UNet inputs (x_t, t, embeddings) queued during a step and run as one batch; `add` returns the index
     of that input's output in `run()`'s list."""
@@ -46,6 +33,13 @@ class _Fused:
         self.fn, self.parts = fn, []
 
     def add(self, x, t, e) -> int:
+        for name, v in (("x_t", x), ("t", t), ("encoder_hidden_states", e)):
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"a queued UNet pass takes tensors (x_t, t, encoder_hidden_states); {name} is a "
+                                f"{type(v).__name__}")
+        if not (len(x) == len(t) == len(e)):
+            raise ValueError(f"a queued UNet pass needs one row per example: x_t has {len(x)}, t {len(t)}, "
+                             f"encoder_hidden_states {len(e)}")
         self.parts.append((x, t, e))
         return len(self.parts) - 1
 
@@ -59,12 +53,16 @@ class _Fused:
 class Outputs:
     """The outputs of one step's queued passes: `out[handle]`, and `out.help` (L_help, or None)."""
 
-    def __init__(self, train: list, frozen: list, help: torch.Tensor | None = None):
-        self._parts, self.help = {"train": train, "frozen": frozen}, help
+    def __init__(self, parts: dict[str, list], help: torch.Tensor | None = None):
+        self._parts, self.help = parts, help
 
     def __getitem__(self, handle: tuple[str, int]) -> torch.Tensor:
-        which, i = handle
-        return self._parts[which][i]
+        try:
+            which, i = handle
+            return self._parts[which][i]
+        except (TypeError, ValueError, KeyError, IndexError):
+            raise KeyError(f"out[{handle!r}]: index `out` with a handle that ctx.train / ctx.frozen / ctx.current "
+                           "returned during this step") from None
 
 
 class StepContext:
@@ -72,50 +70,71 @@ class StepContext:
 
     Data (encoded once, on the training device): `x_f`, `e_f` (forget images in the UNet's space and their
     prompt embeddings), `x_r`, `e_r` (retain), `x_a`, `e_a` (anchors, aligned with the forget rows; None
-    when the task has none), `e_null` (the empty prompt). `forget_prompts` / `retain_prompts` name each row.
+    when the task has none), `e_null` (the empty prompt). `forget_prompts` / `retain_prompts` / `anchor_prompts`
+    name each row. With `steps=0` there are prompts and embeddings but no images.
+    `unet` is the UNet being trained (its weights may be edited in `prepare`), `params` its trainable parameters
+    and `trainable` their (name, parameter) pairs; `initial_params()` their values in the base.
     """
 
-    def __init__(self, pipe, task, cfg, accelerator, unet, base_unet, trainable, data, gen, num_timesteps,
-                 alphas_cumprod, prediction_type, fingerprint, cache_dir, compile=None):
-        self.pipe, self.task, self.config, self.accelerator = pipe, task, cfg, accelerator
+    def __init__(self, *, pipe, task, config, accelerator, unet, base_unet, trainable, data, generators,
+                 scheduler, prediction_type, fingerprint, data_fingerprint, cache_dir, compile=None):
+        self.pipe, self.task, self.config, self.accelerator = pipe, task, config, accelerator
         self.device = accelerator.device
-        self.unet = unet  # the trained UNet (wrapped by accelerate)
-        self.raw_unet = accelerator.unwrap_model(unet)
-        self.base_unet = base_unet  # the frozen base; None with LoRA: the trained UNet with its adapters off
-        # the callables of the two passes: the modules, or torch.compile'd views of them (same parameters)
+        self._wrapped = unet  # the trained UNet as accelerate wraps it (what runs the passes)
+        self.unet = accelerator.unwrap_model(unet)
+        self._base_unet = base_unet  # None with LoRA: the base is the trained UNet with its adapters off
+        # the callables of the passes: the modules, or torch.compile'd views of them (same parameters)
         self._run_unet, self._run_base = unet, base_unet
         if compile is not None:
             self._run_unet = torch.compile(unet, mode=compile)
             self._run_base = torch.compile(base_unet, mode=compile) if base_unet is not None else None
         self.trainable = trainable  # [(name, parameter)] that train
         self.params = [p for _, p in trainable]
-        self.num_timesteps, self.alphas_cumprod, self.prediction_type = num_timesteps, alphas_cumprod, prediction_type
-        self.fingerprint, self.cache_dir = fingerprint, cache_dir
+        self.num_timesteps = scheduler.config.num_train_timesteps
+        self.alphas_cumprod, self.prediction_type = scheduler.alphas_cumprod.to(self.device), prediction_type
+        self.fingerprint, self.data_fingerprint, self.cache_dir = fingerprint, data_fingerprint, cache_dir  # base, data
         self.step = 0  # the optimiser step being made
-        self.forget_prompts, self.x_f, self.e_f = data["forget"]
-        self.retain_prompts, self.x_r, self.e_r = data["retain"]
-        self.anchor_prompts, self.x_a, self.e_a = data.get("anchor", (None, None, None))
+        self.forget_prompts, self._x_f, self.e_f = data["forget"]
+        self.retain_prompts, self._x_r, self.e_r = data["retain"]
+        self.anchor_prompts, self._x_a, self.e_a = data.get("anchor", (None, None, None))
         self.e_null = encode_prompts(pipe, [""])
-        self._gen = gen
-        self._batches = {"forget": _Batches(self.x_f, gen), "retain": _Batches(self.x_r, gen)}
+        # the method's draws and L_help's come from separate generators: switching L_help on leaves the forget
+        # batches as they were
+        self._gen, self.help_generator = generators
         self.new_step()
+
+    # the images (none with steps=0)
+    def _images(self, x, name):
+        if x is None:
+            raise ValueError(f"ctx.{name}: a run with steps=0 (a closed-form method) generates no images; use the "
+                             "prompt embeddings (e_f, e_r, e_a) or train with steps > 0")
+        return x
+
+    x_f = property(lambda self: self._images(self._x_f, "x_f"))
+    x_r = property(lambda self: self._images(self._x_r, "x_r"))
+    x_a = property(lambda self: None if self.e_a is None else self._images(self._x_a, "x_a"))
 
     # noise and targets
     def add_noise(self, x0, noise, t):
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+        """x_t = √ᾱ_t x0 + √(1−ᾱ_t) noise (`losses.add_noise`)."""
+        return add_noise(self.alphas_cumprod, x0, noise, t)
 
     def target(self, x0, noise, t):
         """What the UNet regresses at x_t: ε or v (`losses.regression_target`)."""
         return regression_target(self.prediction_type, self.alphas_cumprod, x0, noise, t)
 
     def draw(self, which: str = "forget", n: int | None = None, generator: torch.Generator | None = None) -> Draw:
-        """A noised batch of `n` (default: batch_size) rows of the 'forget' or 'retain' data, from the loop's
-        generator (or `generator`, for one-off work that must not move the training draws)."""
-        x0 = {"forget": self.x_f, "retain": self.x_r}[which]
-        batches = _Batches(x0, generator) if generator is not None else self._batches[which]
-        idx, noise, t = batches.draw(n or self.config.batch_size, self.num_timesteps)
-        noise, t = noise.to(self.device), t.to(self.device)
+        """A noised batch of `n` (default: batch_size) rows of the 'forget' or 'retain' data: row indices, noise and
+        timesteps from the method's generator (or `generator`, for one-off work that must not move the training
+        draws)."""
+        if which not in ("forget", "retain"):
+            raise ValueError(f"ctx.draw({which!r}): draw 'forget' or 'retain'")
+        x0 = self.x_f if which == "forget" else self.x_r
+        gen = generator or self._gen
+        n = n or self.config.batch_size
+        idx = torch.randint(0, len(x0), (n,), generator=gen)
+        noise = torch.randn((n, *x0.shape[1:]), generator=gen).to(self.device)
+        t = torch.randint(0, self.num_timesteps, (n,), generator=gen).to(self.device)
         return Draw(idx, noise, t, self.add_noise(x0[idx], noise, t), self.target(x0[idx], noise, t))
 
     def null(self, n: int) -> torch.Tensor:
@@ -126,7 +145,15 @@ class StepContext:
         with torch.no_grad():
             return encode_prompts(self.pipe, prompts)
 
-    # UNet passes
+    def initial_params(self) -> list[torch.Tensor]:
+        """The base's values of `params` (θ0), aligned with them: the frozen base's own tensors where there is one
+        (no second copy), else (LoRA: the adapters' starting values) a copy."""
+        if self._base_unet is not None:
+            frozen = dict(self._base_unet.named_parameters())
+            return [frozen[n].detach() for n, _ in self.trainable]
+        return [p.detach().clone() for p in self.params]
+
+    # UNet passes, now (for prepare)
     def model(self, x, t, e) -> torch.Tensor:
         """The trained UNet's output now, with gradients (float32)."""
         with self.accelerator.autocast():
@@ -135,25 +162,35 @@ class StepContext:
     def base(self, x, t, e) -> torch.Tensor:
         """The frozen base UNet's output now, without gradients (float32)."""
         with torch.no_grad(), self.accelerator.autocast():
-            if self.base_unet is not None:
+            if self._base_unet is not None:
                 return self._run_base(x, t, e).sample.float()
-            self.raw_unet.disable_adapters()  # LoRA: one UNet in memory, the base is it without its adapters
+            self.unet.disable_adapters()  # LoRA: one UNet in memory, the base is it without its adapters
             try:
-                return self.raw_unet(x, t, e).sample.float()
+                return self.unet(x, t, e).sample.float()
             finally:
-                self.raw_unet.enable_adapters()
+                self.unet.enable_adapters()
 
+    def _current(self, x, t, e) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(x, t, e)
+
+    # UNet passes, queued (for step)
     def train(self, x, t, e) -> tuple[str, int]:
-        """Queue an input for this step's pass of the trained UNet; its output is `out[handle]`."""
-        return "train", self._train.add(x, t, e)
+        """Queue an input for this step's pass of the trained UNet (with gradients); its output is `out[handle]`."""
+        return "train", self._queues["train"].add(x, t, e)
 
     def frozen(self, x, t, e) -> tuple[str, int]:
         """Queue an input for this step's pass of the frozen base; its output is `out[handle]`."""
-        return "frozen", self._frozen.add(x, t, e)
+        return "frozen", self._queues["frozen"].add(x, t, e)
+
+    def current(self, x, t, e) -> tuple[str, int]:
+        """Queue an input for this step's pass of the trained UNet as it is now, without gradients (a target from
+        the current model: SalUn's relabelled prediction, Concept Ablation's anchor); its output is `out[handle]`."""
+        return "current", self._queues["current"].add(x, t, e)
 
     def new_step(self):
-        self._train, self._frozen = _Fused(self.model), _Fused(self.base)
+        self._queues = {"current": _Fused(self._current), "train": _Fused(self.model), "frozen": _Fused(self.base)}
 
     def run(self) -> Outputs:
-        """Run the queued inputs: one pass of the trained UNet, one of the frozen base."""
-        return Outputs(self._train.run(), self._frozen.run())
+        """Run the queued inputs: one pass of the current model (no gradients), of the trained UNet, of the base."""
+        return Outputs({k: q.run() for k, q in self._queues.items()})

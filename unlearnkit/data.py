@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_save
+from .io import atomic_save, cache_key
 from .backbone import is_latent, weights_fingerprint
 from .sampling import sample_pairs
 
@@ -38,8 +38,7 @@ def pipeline_fingerprint(pipe) -> str:
 
 
 def sample_key(fingerprint: str, prompts, seeds, steps: int, guidance_scale: float) -> str:
-    blob = json.dumps([fingerprint, list(prompts), [int(s) for s in seeds], int(steps), float(guidance_scale)])
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+    return cache_key([fingerprint, list(prompts), [int(s) for s in seeds], int(steps), float(guidance_scale)])
 
 
 def cached_sample_pairs(pipe, prompts, seeds, steps: int, guidance_scale: float, cache_dir=None,

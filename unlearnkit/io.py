@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -47,3 +49,8 @@ def load_checkpoint(path: str | Path, expect: str | None = None) -> dict:
         raise ValueError(f"checkpoint {str(path)!r} is a {ckpt['kind']!r} checkpoint, not {expect!r}; "
                          "pass the matching checkpoint or a new output folder")
     return ckpt
+
+
+def cache_key(obj) -> str:
+    """A short stable key for a JSON-able `obj` (its sha1, 20 hex digits): the name of a cache entry."""
+    return hashlib.sha1(json.dumps(obj, default=str).encode()).hexdigest()[:20]

@@ -1,6 +1,6 @@
 """Loss terms of every method, as pure functions: tensors in, a scalar (or a target) out.
 
-Equations are those of `shared/paper/METHODS.md` (the kit's specification); the baselines follow
+Equations are numbered as in `docs/METHODS.md` (the kit's specification); the baselines follow
 their original papers. Saddle and OVW are *as formulated in unlearnkit*: the paper's body is not
 available, so they are our reading of its abstract and figure captions. Every constant is an
 argument (a config field upstream), never a literal here. `*_pred` are UNet outputs ε_θ, `base_*`
@@ -37,6 +37,12 @@ def regression_target(prediction_type: str, alphas_cumprod: torch.Tensor, x0: to
         return noise
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The forward process q(x_t | x0): x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4; docs/METHODS.md, eq. 1)."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 def simple_loss(model_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -164,31 +170,12 @@ def help_loss(retain_pred: torch.Tensor, base_retain: torch.Tensor, uncond_pred:
     return loss
 
 
-def saddle_lagrangian(help: torch.Tensor, forget_loss: torch.Tensor, mu: float | torch.Tensor, tau: float,
-                      help_weight: float) -> torch.Tensor:
-    """L(θ, μ) = λ_help·L_help(θ) + μ·(τ − L_F(θ)), minimised in θ (METHODS.md, `saddle`, as formulated here).
-
-    μ is a constant here (a float or a 0-dim tensor): only θ receives gradients."""
-    if isinstance(mu, torch.Tensor):
-        mu = mu.detach().to(forget_loss.dtype)
-    return help_weight * help + mu * (tau - forget_loss)
-
-
-def saddle_dual_step(mu: float | torch.Tensor, tau: float, forget_loss: float | torch.Tensor, mu_lr: float
-                     ) -> float | torch.Tensor:
-    """Projected ascent on the multiplier: μ ← max(0, μ + η_μ(τ − L_F)). Returns the new μ: a float, or a
-    0-dim tensor when μ is one (the loop keeps μ on the device, so the update needs no host sync)."""
-    if isinstance(mu, torch.Tensor):
-        return torch.clamp(mu + mu_lr * (tau - torch.as_tensor(forget_loss).detach().to(mu)), min=0.0)
-    return max(0.0, mu + mu_lr * (tau - float(forget_loss)))
-
-
 def constrained_lagrangian(objective: torch.Tensor, violation: torch.Tensor, mu: float | torch.Tensor,
                            weight: float = 1.0) -> torch.Tensor:
     """L(θ, μ) = w·f(θ) + μ·g(θ) for min_θ f(θ) s.t. g(θ) ≤ 0 (Lagrangian relaxation; μ ≥ 0 a constant here).
 
-    Saddle's constraint forms (unlearnkit's reformulations): g = L_ovw − τ (the overwrite reached) or
-    g = L_ESD − τ (ESD's regression reached), f = L_help."""
+    Saddle's constraint forms (unlearnkit's reformulations): g = L_ovw − τ (the overwrite reached), g = L_ESD − τ
+    (ESD's regression reached) or g = τ − L_F (the forget loss pushed up to τ), f = L_help."""
     if isinstance(mu, torch.Tensor):
         mu = mu.detach().to(violation.dtype)
     return weight * objective + mu * violation

@@ -1,16 +1,16 @@
 """The one unlearning loop every method plugs into (`unlearnkit.unlearn`).
 
-The loop owns the data, the two UNets, the optimiser and the checkpoints; a method (`unlearnkit.methods`)
-owns its loss. Each step: the method queues UNet inputs, the loop runs them as one pass of the trained UNet
-and one of the frozen base, adds L_help when `help_weight` > 0, and takes an optimiser step. The caller's
-pipeline is never modified and stays on its device.
+The loop owns the data, the UNets, the optimiser and the checkpoints; a method (`unlearnkit.methods`) owns its
+loss. Each step: the method queues UNet passes, the loop runs them (one batched pass per model), adds L_help when
+`help_weight` > 0, and takes an optimiser step. It trains and nothing else: a stopping rule (`stop`) and a
+`callback` are handed to it. The caller's pipeline is never modified and stays on its device.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -19,12 +19,45 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from . import losses
-from .backbone import encode_images, encode_prompts, pipeline_device, training_scheduler
+from .backbone import encode_images, encode_prompts, pipeline_device, training_scheduler, with_unet
 from .context import StepContext
 from .data import pipeline_fingerprint, training_data
 from .io import atomic_save, load_checkpoint
-from .methods import LORA_TARGETS, canonical, make_method
+from .methods import LORA_TARGETS, Method, canonical, make_method, method_code_hash, param_predicate
 from .models import resolve_device
+
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+HELP_SEED_OFFSET = 40_000  # L_help's retain draws: a generator of their own, seeded cfg.seed + this
+
+
+@dataclass
+class RunOptions:
+    """How a run executes, never what it learns: not part of a run's identity (a run resumes under other options)."""
+
+    device: str | None = None  # where to train; None: where the pipeline is
+    mixed_precision: str = "auto"  # 'auto' (bf16 on GPU, fp32 on CPU), 'no' or 'bf16'
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward (diffusers'); less memory, ~30% slower
+    compile: str | None = None  # torch.compile mode of the UNet passes (COMPILE_MODES); the first steps pay for it
+    checkpoint_every: int = 0  # steps between checkpoints when an out_dir is given (0: only at the end)
+    progress: bool = True  # progress bars
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; choose auto, no or bf16")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile {self.compile!r}; choose None or one of: "
+                             f"{', '.join(map(str, COMPILE_MODES[1:]))}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+RUN_OPTIONS = tuple(f.name for f in fields(RunOptions))
+
+
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """(method config overrides, run options) of one dict of keyword arguments."""
+    return ({k: v for k, v in settings.items() if k not in RUN_OPTIONS},
+            {k: v for k, v in settings.items() if k in RUN_OPTIONS})
 
 
 @dataclass
@@ -37,27 +70,33 @@ class UnlearnResult:
     state: dict = field(default_factory=dict)  # what the method computed: SalUn's mask, SA's Fisher, Saddle's τ, μ
     lora: dict | None = None  # params="lora": the adapter's weights (peft's state dict); `pipeline` has them fused
     lora_config: object = None  # params="lora": its peft LoraConfig
-    snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} (run_method's `quantities.Snapshots`)
+    snapshots: dict = field(default_factory=dict)  # {step: {name: weight}} (a `Snapshots` callback's)
+    stop: dict | None = None  # the stopping rule's identity (`stop.key()`), None without one
+    code: str = ""  # the hash of the method's code (`methods.method_code_hash`)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the stopping rule ended the run (its last check said stop)."""
+        return _stopped(self.history)
+
+    stopped_forgotten = stopped  # (until_forgotten's name for it)
 
     @property
     def forget_checks(self) -> dict[int, float]:
-        """`until_forgotten`'s checks, {steps done: forget rate on the held-out seeds}; {} when it was off."""
+        """`until_forgotten`'s checks, {steps done: forget rate on the held-out seeds}; {} without them."""
         return {h["step"] + 1: h["forget_check"] for h in self.history if "forget_check" in h}
 
-    @property
-    def stopped_forgotten(self) -> bool:
-        """Whether `until_forgotten` stopped the run: its last check was <= CHECK_BELOW."""
-        return _stopped_forgotten(self.history)
 
+class Snapshots:
+    """An `unlearn` callback that keeps CPU copies of the trained weights after the given steps (0: the start),
+    e.g. to sample the model after 25%, 50% and 100% of its steps (`quantities.snapshot_images`)."""
 
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")  # torch.compile's modes
-# the seeds of `until_forgotten`'s check: held out from the training data (seeds 0 .. data_seeds-1) and from every
-# profile's evaluation (0 .. 3), so the run that stops is judged afterwards on images its check never saw. Two: on
-# one held-out seed, OVW on yellow after 100 steps scored 0.03 while the evaluation's seed still saw 0.30 (2026-11-30)
-CHECK_SEEDS = (1000, 1001)
-# the check's bound: half the evaluation's (metrics.FORGOT_BELOW = 0.2). A check is a sample of 50-60 images, the
-# evaluation another: stopped at the first check <= 0.2, ESD on *cross* checked 0.18 and evaluated 0.32 (2026-11-30)
-CHECK_BELOW = 0.1
+    def __init__(self, steps):
+        self.steps, self.weights = set(steps), {}
+
+    def __call__(self, step: int, unet) -> None:
+        if step in self.steps:
+            self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
 
 
 def lora_config(cfg):
@@ -68,18 +107,116 @@ def lora_config(cfg):
 
 
 def select_params(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name, parameter) pairs that train: 'full', 'xattn' (attn2 only, ESD-x), 'non-xattn' (ESD-u) or 'lora'
-    (the adapters' weights; the UNet must have them)."""
-    named = list(unet.named_parameters())
-    if which == "lora":
-        return [(n, p) for n, p in named if "lora_" in n]
-    if which == "full":
-        return named
-    if which == "xattn":
-        return [(n, p) for n, p in named if "attn2" in n]
-    if which == "non-xattn":
-        return [(n, p) for n, p in named if "attn2" not in n]
-    raise ValueError(f"unknown params {which!r}; choose full, xattn, non-xattn or lora")
+    """(name, parameter) pairs that train: those whose names `which` (a name of `methods.PARAM_SETS` or
+    're:<regex>') selects. A ValueError when it selects none."""
+    keep = param_predicate(which)
+    chosen = [(n, p) for n, p in unet.named_parameters() if keep(n)]
+    if not chosen:
+        raise ValueError(f"params={which!r} selects no parameter of this UNet; names look like "
+                         f"{next(n for n, _ in unet.named_parameters())!r}")
+    return chosen
+
+
+def run_identity(name: str, cfg, base_fp: str, data_fp: str, stop=None) -> dict:
+    """What makes two runs the same run: method, config, the method's code, base and data models, stopping rule.
+    Checkpoints keep it (resume refuses another) and `run_method`'s cache keys on it."""
+    return {"method": name, "config": asdict(cfg), "code": method_code_hash(name), "base": base_fp, "data": data_fp,
+            "stop": stop.key() if stop is not None else None}
+
+
+def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_dir=None, progress: bool | None = None,
+            device=None, callback=None, compile: str | None = None, data_from=None, stop=None,
+            options: RunOptions | None = None, **overrides) -> UnlearnResult:
+    """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
+
+    `overrides` are fields of the method's config (what it learns) or of `RunOptions` (how it runs: device,
+    mixed_precision, gradient_checkpointing, compile, checkpoint_every, progress; also `options=`).
+    With `out_dir`, checkpoints (weights, optimiser, RNG, method state, the run's identity) are written there
+    atomically, and the same call again resumes from the last one (under any run options).
+    `callback(step, unet)`, when given, is called before the first step (step 0) and after every step with the
+    number of steps done and the UNet being trained (read it, do not change it: e.g. `Snapshots`).
+    `stop`: a stopping rule, e.g. `unlearnkit.until_forgotten(50)`: every `stop.every` steps the loop calls
+    `stop(pipeline, task, config) -> (log, done)` with the current model and ends the run when `done`.
+    `data_from`: the pipeline whose images are the training data (default `pipe`; e.g. the original model of a
+    sequence of erasures, `unlearn_sequence(data="original")`).
+    """
+    overrides, run_kw = split_settings(overrides)
+    given = {k: v for k, v in dict(device=device, compile=compile, progress=progress).items() if v is not None}
+    options = replace(options or RunOptions(), **run_kw, **given)
+    name = canonical(method)
+    return train(pipe, task, name, make_method(name, **overrides), options, out_dir=out_dir, cache_dir=cache_dir,
+                 callback=callback, stop=stop, data_from=data_from)
+
+
+def train(pipe, task, name: str, method: Method, options: RunOptions, out_dir=None, cache_dir=None, callback=None,
+          stop=None, data_from=None) -> UnlearnResult:
+    """The loop: `method` (a `Method` with its config, registered as `name`) on `task`, run under `options`.
+    `unlearn` builds its arguments; `run_method` builds them once and calls this."""
+    cfg = method.config
+    _check_inputs(name, method, task, stop, data_from, pipe)
+    accelerator, pipe = _setup(pipe, cfg, options)
+    data, data_fp = _data(pipe, task, cfg, data_from, accelerator.device, cache_dir, options.progress)
+    unet, base_unet, trainable, optimizer = _unets(pipe, cfg, options, accelerator)
+    generators = [torch.Generator("cpu").manual_seed(cfg.seed + offset + accelerator.process_index)
+                  for offset in (0, HELP_SEED_OFFSET)]  # the method's draws, L_help's
+    scheduler = training_scheduler(pipe)
+    ctx = StepContext(pipe=pipe, task=task, config=cfg, accelerator=accelerator, unet=unet, base_unet=base_unet,
+                      trainable=trainable, data=data, generators=generators, scheduler=scheduler,
+                      prediction_type=losses.check_prediction_type(scheduler.config.prediction_type),
+                      fingerprint=pipeline_fingerprint(pipe), data_fingerprint=data_fp, cache_dir=cache_dir,
+                      compile=options.compile)
+    method.prepare(ctx)
+    identity = run_identity(name, cfg, ctx.fingerprint, data_fp, stop)
+    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir else None
+    step, history = _resume(ckpt_path, identity, ctx, optimizer, generators, method)
+    pending, start, done = [], time.time(), _stopped(history)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not options.progress, desc=name)
+    sync_every = 1 if ctx.device.type == "cpu" else 25  # host-device syncs to read the logged losses
+    if callback is not None and step == 0:
+        callback(0, ctx.unet)
+    while step < cfg.steps and not done:
+        ctx.step = step
+        loss, log = _step(name, method, ctx, optimizer)
+        method.after_step(log)
+        pending.append({"step": step, **log, "loss": loss.detach()})
+        step += 1
+        bar.update(1)
+        if callback is not None:
+            callback(step, ctx.unet)
+
+        # the stopping rule, on the model as it is now
+        if stop is not None and (step % stop.every == 0 or step == cfg.steps):
+            _flush(pending, history)
+            done = _check_stop(stop, ctx, pipe, task, history, bar)
+
+        # read the logs, stop on a non-finite loss, checkpoint
+        save = ckpt_path and ((options.checkpoint_every and step % options.checkpoint_every == 0)
+                              or step == cfg.steps or done)
+        if save or step % sync_every == 0 or step == cfg.steps:
+            _flush(pending, history)
+            _check_finite(name, cfg, history[-sync_every:], ckpt_path)
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        if save:
+            _checkpoint(ckpt_path, identity, step, history, ctx, optimizer, generators, method)
+    bar.close()
+    if ckpt_path and cfg.steps == 0 and not ckpt_path.exists():  # a closed-form edit: its result is the checkpoint
+        _checkpoint(ckpt_path, identity, 0, history, ctx, optimizer, generators, method)
+    return _finish(name, method, ctx, pipe, history, time.time() - start, identity)
+
+
+def _check_inputs(name, method, task, stop, data_from, pipe):
+    # what can be refused before any work: a missing anchor, a stopping rule that cannot judge this task
+    if method.needs_anchors and not task.anchor_prompts:
+        raise ValueError(f"method {name!r} needs task.anchor_prompts (one per forget prompt); add them to the task")
+    if stop is not None:
+        if not (isinstance(getattr(stop, "every", None), int) and stop.every > 0 and callable(stop)):
+            raise TypeError(f"stop must be a stopping rule: a callable stop(pipeline, task, config) -> (log, done) "
+                            f"with an int `every` > 0 (e.g. unlearnkit.until_forgotten(50)); got {stop!r}")
+        if hasattr(stop, "validate"):
+            stop.validate(task)
+    if data_from is not None and data_from.unet.config.sample_size != pipe.unet.config.sample_size:
+        raise ValueError("data_from must be a pipeline of the same model (same image size) as pipe, e.g. the original "
+                         "one a sequence of erasures started from; pass data_from=None to train on pipe's own images")
 
 
 def _on(pipe, device: torch.device):
@@ -91,26 +228,157 @@ def _on(pipe, device: torch.device):
     return type(pipe)(**parts)
 
 
+def _setup(pipe, cfg, options):
+    # accelerate's device and precision; the pipeline's modules frozen (on the training device)
+    want = resolve_device(options.device) if options.device is not None else pipeline_device(pipe)
+    mp = options.mixed_precision if options.mixed_precision != "auto" else ("bf16" if want.type == "cuda" else "no")
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=want.type == "cpu")
+    pipe = _on(pipe, accelerator.device)
+    for module in (pipe.unet, pipe.text_encoder):
+        module.requires_grad_(False)
+    return accelerator, pipe
+
+
 @torch.no_grad()
-def forget_rate_now(unet, pipe, task, cfg, classifier) -> float:
-    """`until_forgotten`'s check: the share of `task.forget_prompts` × CHECK_SEEDS in which `classifier` still sees
-    the concept, sampled from `pipe` with `unet` (data_steps DDIM steps, guidance data_guidance)."""
-    from .metrics import forget_hits
-    from .sampling import sample
-
-    was_training = unet.training
-    probe = type(pipe)(**{**pipe.components, "unet": unet.eval()})
-    probe.set_progress_bar_config(disable=True)
-    images = sample(probe, task.forget_prompts, seeds=CHECK_SEEDS, steps=cfg.data_steps,
-                    guidance_scale=cfg.data_guidance, progress=False)
-    unet.train(was_training)
-    hits = forget_hits(images, task, classifier=classifier)
-    return sum(hits) / len(hits)
+def _data(pipe, task, cfg, data_from, device, cache_dir, progress):
+    # the data, once: base images -> the UNet's space, prompts -> embeddings; a closed-form run (steps=0) gets
+    # the prompts and their embeddings only
+    source = pipe if data_from is None else _on(data_from, device)
+    data_fp = pipeline_fingerprint(source)
+    if cfg.steps == 0:
+        groups = {"forget": task.forget_prompts, "retain": task.retain_prompts}
+        if task.anchor_prompts:
+            groups["anchor"] = task.anchor_prompts
+        return {k: (list(p), None, encode_prompts(pipe, list(p))) for k, p in groups.items()}, data_fp
+    raw = training_data(source, task, cfg, cache_dir=cache_dir, fingerprint=data_fp, progress=progress)
+    return {k: (p, encode_images(pipe, x), encode_prompts(pipe, p)) for k, (p, x) in raw.items()}, data_fp
 
 
-def _stopped_forgotten(history: list[dict]) -> bool:
-    # until_forgotten's verdict: the last step had a check, and it said forgotten
-    return bool(history) and history[-1].get("forget_check", 1.0) <= CHECK_BELOW
+def _unets(pipe, cfg, options, accelerator):
+    # the model being unlearned: a copy of the base UNet (LoRA: adapters on it); the base stays frozen for targets
+    base_unet = pipe.unet.eval()
+    unet = copy.deepcopy(base_unet).train()
+    if cfg.params == "lora":  # one UNet in memory: the frozen base's passes run it with the adapters off
+        unet.add_adapter(lora_config(cfg))
+        base_unet = None
+    if options.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trainable = select_params(unet, cfg.params)
+    params = [p.requires_grad_(True) for _, p in trainable]
+    if cfg.steps == 0:  # a closed-form method: no optimiser
+        return accelerator.prepare(unet), base_unet, trainable, None
+    device = accelerator.device
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")  # fused: one kernel per step on CUDA
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    return unet, base_unet, trainable, optimizer
+
+
+def _resume(ckpt_path, identity, ctx, optimizer, generators, method):
+    # the last checkpoint in out_dir, when it is this run's: weights, optimiser, generators, method state
+    if ckpt_path is None or not ckpt_path.exists():
+        return 0, []
+    ckpt = load_checkpoint(ckpt_path, expect="unlearn")
+    if ckpt.get("identity") != identity:
+        theirs = ckpt.get("identity") or {"method": ckpt.get("method"), "config": ckpt.get("config")}
+        diff = sorted(k for k in identity if theirs.get(k) != identity[k])
+        raise ValueError(f"{ckpt_path} belongs to another run (it differs in: {', '.join(diff)}; its method "
+                         f"{theirs.get('method')!r}); pass a new out_dir or the same method, config, code and base "
+                         "model (run options such as gradient_checkpointing may differ)")
+    n = ctx.accelerator.num_processes
+    if len(ckpt["generator"]) != n:
+        raise ValueError(f"{ckpt_path} was written by {len(ckpt['generator'])} process(es), this run has {n}; "
+                         "resume with as many, or pass a new out_dir")
+    ctx.unet.load_state_dict(ckpt["unet"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    for g, state in zip(generators, ckpt["generator"][ctx.accelerator.process_index]):
+        g.set_state(state)
+    method.state.update(ckpt["method_state"])
+    return ckpt["step"], ckpt["history"]
+
+
+def _checkpoint(path, identity, step, history, ctx, optimizer, generators, method):
+    # once, by the main process, with every process's generators
+    states = [g.get_state() for g in generators]
+    everyone = gather_object([states]) if ctx.accelerator.num_processes > 1 else [states]
+    if ctx.accelerator.is_main_process:
+        atomic_save({"kind": "unlearn", "identity": identity, "seed": ctx.config.seed, "step": step,
+                     "history": history, "unet": ctx.unet.state_dict(),
+                     "optimizer": optimizer.state_dict() if optimizer is not None else None, "generator": everyone,
+                     "method_state": {k: method.state[k] for k in method.resume_keys}}, path)
+    ctx.accelerator.wait_for_everyone()
+
+
+def _step(name, method, ctx, optimizer):
+    # one optimiser step: queue the passes (L_help's, the method's), run them, the loss, backward, mask, clip, step
+    cfg, accelerator = ctx.config, ctx.accelerator
+    for _ in range(cfg.grad_accum):
+        with accelerator.accumulate(ctx._wrapped):
+            ctx.new_step()
+            help_in = _queue_help(ctx) if cfg.help_weight else None
+            loss_fn = method.step(ctx, ctx.draw("forget"))
+            if not callable(loss_fn):
+                raise TypeError(f"method {name!r}: step(ctx, forget) must return loss(out), a function of the queued "
+                                f"passes' outputs (queue them with ctx.train / ctx.frozen / ctx.current); it returned "
+                                f"a {type(loss_fn).__name__}")
+            out, log = ctx.run(), {}
+            if help_in is not None:
+                (pred_c, pred_u), (base_c, base_u) = help_in
+                out.help = losses.help_loss(out[pred_c], out[base_c], out[pred_u], out[base_u], cfg.help_uncond_weight)
+                log["help"] = out.help
+            loss, terms = _checked_loss(name, loss_fn(out))
+            log.update(terms)
+            if out.help is not None and method.adds_help:
+                loss = loss + cfg.help_weight * out.help
+            accelerator.backward(loss)
+            method.mask_gradients(ctx.params)
+            if cfg.max_grad_norm and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(ctx.params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return loss, log
+
+
+def _queue_help(ctx):
+    # L_help's inputs: a retain batch from L_help's own generator, conditional and unconditional
+    h = ctx.draw("retain", generator=ctx.help_generator)
+    inputs = [(h.x_t, h.t, ctx.e_r[h.idx]), (h.x_t, h.t, ctx.null(len(h.idx)))]
+    return [ctx.train(*a) for a in inputs], [ctx.frozen(*a) for a in inputs]
+
+
+def _checked_loss(name, value):
+    # the method's loss(out): a scalar tensor with a gradient, or (that, {name: tensor or float})
+    loss, terms = value if isinstance(value, tuple) and len(value) == 2 else (value, {})
+    contract = (f"method {name!r}: loss(out) must return a scalar tensor or (scalar tensor, {{name: value}}) "
+                "that depends on a ctx.train pass")
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(value).__name__
+        raise TypeError(f"{contract}; it returned {got}")
+    if not loss.requires_grad:
+        raise ValueError(f"{contract}; its loss has no gradient (no ctx.train output reaches it). A closed-form "
+                         "method trains with steps=0 and makes its edit in prepare")
+    if not isinstance(terms, dict):
+        raise TypeError(f"{contract}; its second value is a {type(terms).__name__}, not a dict")
+    return loss, terms
+
+
+def _check_stop(stop, ctx, pipe, task, history, bar) -> bool:
+    # the stopping rule on the current model (in eval mode); its log goes into the step's history entry
+    was_training = ctx.unet.training
+    try:
+        log, done = stop(with_unet(pipe, ctx.unet.eval()), task, ctx.config)
+    finally:
+        ctx.unet.train(was_training)
+    history[-1].update(log)
+    if done:
+        history[-1]["stopped"] = True
+    bar.set_postfix({k: f"{v:.2f}" for k, v in log.items() if isinstance(v, float)})
+    return bool(done)
+
+
+def _stopped(history: list[dict]) -> bool:
+    # the stopping rule's verdict: the last step's check said stop (a resumed run that stopped stays stopped)
+    return bool(history) and bool(history[-1].get("stopped", False))
 
 
 def _flush(pending: list[dict], history: list[dict]) -> None:
@@ -122,179 +390,23 @@ def _flush(pending: list[dict], history: list[dict]) -> None:
     pending.clear()
 
 
-def unlearn(pipe, task, method: str, out_dir: str | Path | None = None, cache_dir=None,
-            progress: bool = True, device=None, callback=None, compile: str | None = None, data_from=None,
-            **overrides) -> UnlearnResult:
-    """Unlearn `task.forget_prompts` from `pipe` with `method`; returns an UnlearnResult (the base is untouched).
+def _check_finite(name, cfg, recent, ckpt_path):
+    bad = next((h for h in recent if not torch.isfinite(torch.tensor(h["loss"]))), None)
+    if bad is not None:
+        where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
+        raise FloatingPointError(f"{name}: loss became {bad['loss']} at step {bad['step']}{where}; lower lr "
+                                 f"(now {cfg.lr}) or raise max_grad_norm clipping")
 
-    Trains on `device` (default: where `pipe` is). With `out_dir`, checkpoints (weights, optimiser, RNG, method
-    state, config, seed) are written there atomically, and the same call again resumes from the last one.
-    `callback(step, unet)`, when given, is called before the first step (step 0) and after every step with the
-    number of steps done and the UNet being trained (read it, do not change it: e.g. keep snapshots).
-    `compile` runs the UNet passes through `torch.compile` with that mode: 'default', 'reduce-overhead' (CUDA
-    graphs: for GPUs, where a step is bound by kernel launches) or 'max-autotune'; the first steps pay for it.
-    `data_from`: the pipeline whose images are the training data (default `pipe`; e.g. the original model of a
-    sequence of erasures, `unlearn_sequence(data="original")`).
-    With `until_forgotten=N` (a config field) the loop checks every N steps whether the concept is gone (the forget
-    prompts on held-out seeds, judged by the concept classifier) and stops once it is; `result.forget_checks` lists
-    the checks, `len(result.history)` the steps it took.
-    """
-    name = canonical(method)
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"unknown compile {compile!r}; choose None or one of: {', '.join(map(str, COMPILE_MODES[1:]))}")
-    method = make_method(name, **overrides)
-    cfg = method.config
-    if method.needs_anchors and not task.anchor_prompts:
-        raise ValueError(f"method {name!r} needs task.anchor_prompts (one per forget prompt); add them to the task")
-    classifier = None
-    if cfg.until_forgotten:
-        from .classifier import load_classifier
-        from .metrics import classifier_judges
 
-        if not classifier_judges(task):
-            raise ValueError(f"until_forgotten={cfg.until_forgotten}: task {task.name!r} forgets "
-                             f"{task.forget_concept!r}, which the embedded world's classifier cannot judge; pass "
-                             "until_forgotten=0 and choose `steps` (evaluate(..., clip=...) judges it afterwards)")
-        classifier = load_classifier()
-    want = resolve_device(device) if device is not None else pipeline_device(pipe)
-    mp = cfg.mixed_precision if cfg.mixed_precision != "auto" else ("bf16" if want.type == "cuda" else "no")
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=want.type == "cpu")
-    device = accelerator.device
-    pipe = _on(pipe, device)
-    for module in (pipe.unet, pipe.text_encoder):
-        module.requires_grad_(False)
-    noise_scheduler = training_scheduler(pipe)
-    prediction_type = losses.check_prediction_type(noise_scheduler.config.prediction_type)  # before the data
-
-    # the data: base images -> UNet space, prompts -> embeddings, once
-    fp = pipeline_fingerprint(pipe)
-    if data_from is not None and data_from.unet.config.sample_size != pipe.unet.config.sample_size:
-        raise ValueError("data_from must be a pipeline of the same model (same image size) as pipe, e.g. the original "
-                         "one a sequence of erasures started from; pass data_from=None to train on pipe's own images")
-    source, data_fp = (pipe, fp) if data_from is None else (_on(data_from, device), pipeline_fingerprint(data_from))
-    data = training_data(source, task, cfg, cache_dir=cache_dir, fingerprint=data_fp, progress=progress)
-    with torch.no_grad():
-        data = {k: (prompts, encode_images(pipe, images), encode_prompts(pipe, prompts))
-                for k, (prompts, images) in data.items()}
-    gen = torch.Generator("cpu").manual_seed(cfg.seed + accelerator.process_index)
-
-    # the model being unlearned: a copy of the base UNet; the base stays frozen for targets
-    base_unet = pipe.unet.eval()
-    unet = copy.deepcopy(base_unet).train()
-    if cfg.params == "lora":  # adapters on a copy; the frozen base's passes run it with the adapters off
-        unet.add_adapter(lora_config(cfg))
-        base_unet = None
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    trainable = select_params(unet, cfg.params)
-    params = [p.requires_grad_(True) for _, p in trainable]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")  # fused: one kernel per step on CUDA
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ctx = StepContext(pipe, task, cfg, accelerator, unet, base_unet, trainable, data, gen,
-                      noise_scheduler.config.num_train_timesteps, noise_scheduler.alphas_cumprod.to(device),
-                      prediction_type, fp, cache_dir, compile=compile)
-    method.prepare(ctx)
-
-    # resume from the last checkpoint in out_dir
-    step, history, pending = 0, [], []
-    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir else None
-    if ckpt_path is not None and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, expect="unlearn")
-        if (ckpt["method"] != name or ckpt["config"] != asdict(cfg) or ckpt["base"] != fp
-                or ckpt.get("data", fp) != data_fp):
-            raise ValueError(f"{ckpt_path} belongs to another run (method {ckpt['method']!r}, config "
-                             f"{ckpt['config']}); pass a new out_dir or the same method, options and base model")
-        ctx.raw_unet.load_state_dict(ckpt["unet"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        generators = ckpt["generator"] if isinstance(ckpt["generator"], list) else [ckpt["generator"]]
-        if len(generators) != accelerator.num_processes:
-            raise ValueError(f"{ckpt_path} was written by {len(generators)} process(es), this run has "
-                             f"{accelerator.num_processes}; resume with as many, or pass a new out_dir")
-        gen.set_state(generators[accelerator.process_index])
-        step, history = ckpt["step"], ckpt["history"]
-        method.state.update(ckpt["method_state"])
-    # until_forgotten: the last check said forgotten (a resumed run that stopped stays stopped)
-    forgotten = bool(cfg.until_forgotten) and _stopped_forgotten(history)
-
-    start = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=name)
-    sync_every = 1 if device.type == "cpu" else 25  # host-device syncs to read the logged losses
-    if callback is not None and step == 0:
-        callback(0, ctx.raw_unet)
-    while step < cfg.steps and not forgotten:
-        ctx.step = step
-        for _ in range(cfg.grad_accum):
-            with accelerator.accumulate(unet):
-                # queue the step's UNet inputs: L_help's (retain data, conditional and unconditional), the method's
-                ctx.new_step()
-                if cfg.help_weight:
-                    h = ctx.draw("retain")
-                    help_in = [(h.x_t, h.t, ctx.e_r[h.idx]), (h.x_t, h.t, ctx.null(len(h.idx)))]
-                    help_pred, help_base = [ctx.train(*a) for a in help_in], [ctx.frozen(*a) for a in help_in]
-                loss_fn = method.step(ctx, ctx.draw("forget"))
-
-                # one pass of the trained UNet, one of the frozen base; then the losses
-                out, log = ctx.run(), {}
-                if cfg.help_weight:
-                    out.help = losses.help_loss(out[help_pred[0]], out[help_base[0]], out[help_pred[1]],
-                                                out[help_base[1]], cfg.help_uncond_weight)
-                    log["help"] = out.help
-                loss = loss_fn(out)
-                if isinstance(loss, tuple):
-                    loss, terms = loss
-                    log.update(terms)
-                if out.help is not None and method.adds_help:
-                    loss = loss + cfg.help_weight * out.help
-
-                # backward, the method's gradient mask, clip, step
-                accelerator.backward(loss)
-                method.mask_gradients(params)
-                if cfg.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        method.after_step(log)
-        pending.append({"step": step, **log, "loss": loss.detach()})
-        step += 1
-        bar.update(1)
-        if callback is not None:
-            callback(step, ctx.raw_unet)
-        if cfg.until_forgotten and (step % cfg.until_forgotten == 0 or step == cfg.steps):
-            _flush(pending, history)
-            history[-1]["forget_check"] = forget_rate_now(ctx.raw_unet, pipe, task, cfg, classifier)
-            forgotten = _stopped_forgotten(history)
-            bar.set_postfix(forget_check=f"{history[-1]['forget_check']:.2f}")
-
-        # read the logs, stop on a non-finite loss, checkpoint
-        save = ckpt_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
-                              or forgotten)
-        if save or step % sync_every == 0 or step == cfg.steps:
-            _flush(pending, history)
-            bad = next((h for h in history[-sync_every:] if not torch.isfinite(torch.tensor(h["loss"]))), None)
-            if bad is not None:
-                where = f"; the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists() else ""
-                raise FloatingPointError(f"{name}: loss became {bad['loss']} at step {bad['step']}{where}; lower lr "
-                                         f"(now {cfg.lr}) or raise max_grad_norm clipping")
-            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if save:  # once, by the main process, with every process's generator
-            generators = gather_object([gen.get_state()]) if accelerator.num_processes > 1 else [gen.get_state()]
-            if accelerator.is_main_process:
-                atomic_save({"kind": "unlearn", "method": name, "config": asdict(cfg), "seed": cfg.seed, "base": fp,
-                             "data": data_fp, "step": step, "history": history, "unet": ctx.raw_unet.state_dict(),
-                             "optimizer": optimizer.state_dict(), "generator": generators,
-                             "method_state": {k: method.state[k] for k in method.resume_keys}}, ckpt_path)
-            accelerator.wait_for_everyone()
-    bar.close()
-
+def _finish(name, method, ctx, pipe, history, seconds, identity) -> UnlearnResult:
     # the unlearned pipeline: the base's parts with the new UNet (LoRA fused into its weights, the adapter kept apart)
-    seconds, raw_unet, lora = time.time() - start, ctx.raw_unet.eval().requires_grad_(False), None
+    cfg, unet, lora = method.config, ctx.unet.eval().requires_grad_(False), None
     if cfg.params == "lora":
         from peft import get_peft_model_state_dict
 
-        lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(raw_unet).items()}
-        raw_unet.fuse_lora()
-        raw_unet.unload_lora()
-    unlearned = type(pipe)(**{**pipe.components, "unet": raw_unet})
-    unlearned.set_progress_bar_config(disable=True)
-    return UnlearnResult(pipeline=unlearned, history=history, method=name, config=cfg, seconds=seconds,
-                         state=method.state, lora=lora, lora_config=lora_config(cfg) if lora is not None else None)
+        lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
+        unet.fuse_lora()
+        unet.unload_lora()
+    return UnlearnResult(pipeline=with_unet(pipe, unet), history=history, method=name, config=cfg, seconds=seconds,
+                         state=method.state, lora=lora, lora_config=lora_config(cfg) if lora is not None else None,
+                         stop=identity["stop"], code=identity["code"])

@@ -6,7 +6,8 @@ Built in: `ga`, `esd-x` / `esd-u`, `salun`, `sa`, `saddle`, `ovw` / `ovw-nohelp`
 
 # each module registers its methods; imported in the order the kit lists them
 from . import ga, esd, salun, sa, saddle, ovw  # noqa: F401, I001
-from .base import ALIASES, LORA_TARGETS, METHODS, PARAM_SETS, Method, UnlearnConfig, canonical, make_config, make_method, register_method
+from .base import (ALIASES, LORA_TARGETS, METHODS, PARAM_SETS, Method, UnlearnConfig, canonical, load_entry_points,
+                   make_config, make_method, method_code_hash, param_predicate, register_method)
 from .esd import ESDConfig
 from .ga import GAConfig
 from .ovw import OVWConfig
@@ -27,5 +28,6 @@ SD_DEFAULTS = {
 }
 
 __all__ = ["Method", "UnlearnConfig", "register_method", "make_config", "make_method", "canonical", "METHODS",
+           "method_code_hash", "param_predicate", "load_entry_points",
            "ALIASES", "PARAM_SETS", "LORA_TARGETS", "SD_DEFAULTS", "GAConfig", "ESDConfig", "SalUnConfig", "SAConfig", "SaddleConfig",
            "OVWConfig"]

@@ -1,9 +1,27 @@
-"""The contract every unlearning method fulfils, the config fields they share, and the registry.
+"""The method contract, the config fields every method shares, and the registry.
 
-A method is one class with its config dataclass and its step. The loop (`unlearnkit.train`) owns the data,
-the two UNets, the optimiser and checkpoints; a method says which UNet inputs a step needs and which loss it
-makes from the outputs. `register_method(name)` makes a method known to `uk.unlearn`, `run_method` and the
-CLI, so a method in a user's own file runs through the kit without touching it:
+A method is one class (a `Method` subclass) with its config dataclass, found by name. The loop
+(`unlearnkit.train`) owns the data, the UNets, the optimiser and the checkpoints; a method says which UNet
+passes a step needs and which loss it makes from their outputs. The whole contract:
+
+    prepare(ctx)            once, before the first step: masks, a Fisher diagonal, a bound, or a closed-form
+                            edit of `ctx.unet` (with `steps=0` that edit is the whole method: the loop then
+                            generates no images, builds no optimiser and runs no backward)
+    step(ctx, forget) -> loss
+                            queue this step's UNet passes and return `loss(out)`. Three queued passes, each
+                            returning a handle whose output is `out[handle]`:
+                              ctx.train(x_t, t, emb)    the UNet being trained, with gradients
+                              ctx.frozen(x_t, t, emb)   the frozen base model, without gradients
+                              ctx.current(x_t, t, emb)  the UNet being trained as it is now, without gradients
+                            `loss(out)` returns a scalar tensor, or (scalar, {name: tensor or float}) to log.
+                            `out.help` is L_help (docs/METHODS.md, eq. 3) when `help_weight` > 0, else None.
+    mask_gradients(params)  after backward, before clipping (SalUn's saliency mask)
+    after_step(log)         after the optimiser step (Saddle's multiplier)
+    state                   what the method computed ({name: tensor, ...}); `resume_keys` go into checkpoints
+
+`register_method(name)` makes a method known to `uk.unlearn`, `run_method` and the CLI; a method in a user's own
+file runs through the kit without touching it (the CLI loads it with `--import`, an installed package through
+the `unlearnkit.methods` entry-point group):
 
     @register_method("my-esd")
     class MyESD(Method):
@@ -14,80 +32,90 @@ CLI, so a method in a user's own file runs through the kit without touching it:
             cond = ctx.frozen(forget.x_t, forget.t, ctx.e_f[forget.idx])     # a pass of the frozen base
             return lambda out: losses.regression_loss(out[pred], out[cond].neg())
 
-Defaults are sized for the embedded model on 2 CPU cores; the original papers' Stable Diffusion settings
-are in `SD_DEFAULTS` (and in the comments).
+A run's identity is its method's name, its config and a hash of its code (`method_code_hash`): editing a method
+makes `run_method` train it again. How a run executes (device, precision, checkpoints) is `train.RunOptions`.
+Defaults are sized for the embedded model on 2 CPU cores; the original papers' Stable Diffusion settings are in
+`SD_DEFAULTS` (and in the comments).
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import marshal
+import re
+import sys
 from dataclasses import dataclass, fields
 
-PARAM_SETS = ("full", "xattn", "non-xattn", "lora")  # what trains: all, cross-attention only, all but it, LoRA adapters
+# what trains, by parameter name: every parameter, the cross-attention only (ESD-x), all but it (ESD-u), the
+# cross-attention's key and value projections (UCE's closed-form edit), or the LoRA adapters. Any other set:
+# params="re:<regex>", the parameters whose names the regex matches (re.search).
+PARAM_SETS = {
+    "full": lambda name: True,
+    "xattn": lambda name: "attn2" in name,
+    "non-xattn": lambda name: "attn2" not in name,
+    "xattn-kv": lambda name: re.search(r"attn2\.to_[kv]\.", name) is not None,
+    "lora": lambda name: "lora_" in name,
+}
 # LoRA adapters go on the attention projections of: both attentions, the self-attention only, the cross-attention only
 LORA_TARGETS = {"attn": r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)", "attn1": r".*attn1\.(to_q|to_k|to_v|to_out\.0)",
                 "attn2": r".*attn2\.(to_q|to_k|to_v|to_out\.0)"}
 
 
+def param_predicate(params: str):
+    """The name predicate of `params` (a name of PARAM_SETS or 're:<regex>'); a ValueError for anything else."""
+    if params in PARAM_SETS:
+        return PARAM_SETS[params]
+    if isinstance(params, str) and params.startswith("re:"):
+        try:
+            pattern = re.compile(params[3:])
+        except re.error as e:
+            raise ValueError(f"params={params!r} is not a valid regular expression ({e})") from e
+        return lambda name: pattern.search(name) is not None
+    raise ValueError(f"unknown params {params!r}; choose one of: {', '.join(PARAM_SETS)}, or 're:<regex>' "
+                     "(the parameters whose names match)")
+
+
 @dataclass
 class UnlearnConfig:
-    """Fields every method shares."""
+    """Fields every method shares: what a run learns (its identity; how it runs is `train.RunOptions`)."""
 
-    steps: int = 100  # optimiser steps
+    steps: int = 100  # optimiser steps; 0: a closed-form method, whose `prepare` is the whole edit
     lr: float = 1e-4  # Adam learning rate
     batch_size: int = 8  # forget (and retain) examples per step
-    params: str = "full"  # one of PARAM_SETS
+    params: str = "full"  # what trains: a name of PARAM_SETS, or 're:<regex>' over parameter names
     lora_rank: int = 4  # with params="lora": the adapters' rank r (lora_alpha = r, so their scale is 1)
     lora_targets: str = "attn"  # with params="lora": one of LORA_TARGETS (esd-x: attn2, esd-u: attn1)
-    help_weight: float = 0.0  # λ_help on L_help (METHODS.md); 0 keeps a baseline as published
+    help_weight: float = 0.0  # λ_help on L_help (docs/METHODS.md, eq. 3); 0 keeps a baseline as published
     help_uncond_weight: float = 1.0  # β_∅: weight of the unconditional branch inside L_help
     grad_accum: int = 1  # gradient accumulation steps per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
-    mixed_precision: str = "auto"  # 'auto' (bf16 on GPU, fp32 on CPU), 'no' or 'bf16'
     seed: int = 0  # seeds noise, timesteps and batch order
-    checkpoint_every: int = 0  # steps between checkpoints when an out_dir is given (0: only at the end)
     data_seeds: int = 2  # base-model images per forget / anchor prompt in the training data
     retain_seeds: int = 1  # base-model images per retain prompt in the training data
     data_steps: int = 20  # DDIM steps used to generate the training data
     data_guidance: float = 2.0  # guidance scale used to generate the training data
-    gradient_checkpointing: bool = False  # recompute UNet activations in backward (diffusers'); less memory, ~30% slower
-    # N > 0: train until forgotten. Every N steps the loop samples the forget prompts on held-out seeds (train.
-    # CHECK_SEEDS, which evaluate never uses; data_steps DDIM steps, data_guidance) and stops once the concept
-    # classifier sees the concept in at most train.CHECK_BELOW of them (half the evaluation's bound, for the
-    # noise of a sample); `steps` is then the most it trains.
-    # Embedded-world concepts only (the classifier judges them). 0: train exactly `steps` steps.
-    until_forgotten: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "data_seeds", "retain_seeds", "data_steps"):
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0: a closed-form method, its prepare is the edit), got {self.steps}")
+        for name in ("batch_size", "grad_accum", "data_seeds", "retain_seeds", "data_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.help_weight < 0 or self.help_uncond_weight < 0:
             raise ValueError("help_weight and help_uncond_weight must be >= 0")
-        if self.params not in PARAM_SETS:
-            raise ValueError(f"unknown params {self.params!r}; choose one of: {', '.join(PARAM_SETS)}")
+        param_predicate(self.params)
         if self.lora_rank <= 0:
             raise ValueError(f"lora_rank must be > 0, got {self.lora_rank}")
         if self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"unknown lora_targets {self.lora_targets!r}; choose one of: {', '.join(LORA_TARGETS)}")
-        if self.mixed_precision not in ("auto", "no", "bf16"):
-            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; choose auto, no or bf16")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.until_forgotten < 0:
-            raise ValueError(f"until_forgotten must be >= 0 (0: train exactly `steps` steps), got {self.until_forgotten}")
 
 
 class Method:
-    """One unlearning method. Subclass it, set `config_class`, write `step`, and `register_method` it.
-
-    The loop calls, in order: `prepare(ctx)` once; per step `step(ctx, forget)`, which queues UNet inputs with
-    `ctx.train(x_t, t, emb)` / `ctx.frozen(...)` and returns `loss(out) -> loss or (loss, log)`; `out[h]` is the
-    output of queued input `h` and `out.help` the help loss (None when `help_weight` is 0). After backward it
-    calls `mask_gradients(params)`, after the optimiser step `after_step(log)`. `state` is what the method
-    computed (a mask, a Fisher diagonal, a multiplier); `UnlearnResult.state` returns it.
-    """
+    """One unlearning method. Subclass it, set `config_class`, write `step` (and/or `prepare`), `register_method`
+    it. The contract is the module docstring's (`unlearnkit.methods.base`)."""
 
     config_class: type = UnlearnConfig
     needs_anchors: bool = False  # the task must give one anchor prompt per forget prompt
@@ -99,11 +127,12 @@ class Method:
         self.state: dict = {}
 
     def prepare(self, ctx) -> None:
-        """One-off work before the first step (saliency masks, a Fisher diagonal, a loss bound)."""
+        """One-off work before the first step (saliency masks, a Fisher diagonal, a loss bound, a closed-form edit)."""
 
     def step(self, ctx, forget):
-        """Queue this step's UNet inputs; return `loss(out)`. `forget` is the step's forget batch (see the loop)."""
-        raise NotImplementedError(f"{type(self).__name__} must define step(ctx, forget)")
+        """Queue this step's UNet passes; return `loss(out)`. `forget` is the step's forget batch (a `Draw`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define step(ctx, forget) (or train with steps=0 "
+                                  "and make its edit in prepare)")
 
     def mask_gradients(self, params: list) -> None:
         """Change the gradients in place after backward, before clipping (SalUn's saliency mask)."""
@@ -115,6 +144,8 @@ class Method:
 # name -> (Method subclass, preset config overrides); variants are presets of one class
 METHODS: dict[str, tuple[type[Method], dict]] = {}
 ALIASES = {"esd": "esd-x"}
+ENTRY_POINT_GROUP = "unlearnkit.methods"  # an installed package's methods: `[project.entry-points."unlearnkit.methods"]`
+_entry_points_loaded = False
 
 
 def register_method(name: str, **preset):
@@ -139,12 +170,39 @@ def register_method(name: str, **preset):
     return add
 
 
+def load_entry_points() -> None:
+    """Import the modules that installed packages list under the `unlearnkit.methods` entry-point group (once);
+    each registers its methods. A module that fails to import is named in the error."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(f"the {ENTRY_POINT_GROUP!r} entry point {ep.name!r} ({ep.value}) failed to import: "
+                              f"{type(e).__name__}: {e}; fix or uninstall the package that declares it") from e
+
+
 def canonical(method: str) -> str:
     """The canonical method name; ValueError listing the known ones for anything else."""
     name = ALIASES.get(method, method)
     if name not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known methods: {', '.join([*METHODS, *ALIASES])}")
+        load_entry_points()
+    if name not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join([*METHODS, *ALIASES])} (a method of "
+                         "your own: register_method it, or `unlearnkit --import your_module ...` on the command line)")
     return name
+
+
+# fields that moved from a method's config to train.RunOptions (how a run executes, not what it learns), and the
+# stopping rule that replaced a config field
+RUN_OPTION_FIELDS = ("mixed_precision", "gradient_checkpointing", "checkpoint_every")
+MOVED = {"until_forgotten": "until_forgotten is a stopping rule now: pass stop=unlearnkit.until_forgotten(N) to "
+                            "uk.unlearn (run_method and the CLI still take until_forgotten=N)"}
 
 
 def make_config(method: str, **overrides) -> UnlearnConfig:
@@ -153,7 +211,10 @@ def make_config(method: str, **overrides) -> UnlearnConfig:
     valid = [f.name for f in fields(cls.config_class)]
     unknown = [k for k in overrides if k not in valid]
     if unknown:
-        raise ValueError(f"unknown config field {unknown[0]!r} for method {method!r}; valid fields: {', '.join(valid)}")
+        if unknown[0] in MOVED:
+            raise ValueError(MOVED[unknown[0]])
+        raise ValueError(f"unknown config field {unknown[0]!r} for method {method!r}; valid fields: {', '.join(valid)}"
+                         f" (run options: {', '.join(RUN_OPTION_FIELDS)})")
     return cls.config_class(**{**preset, **overrides})
 
 
@@ -161,3 +222,28 @@ def make_method(method: str, **overrides) -> Method:
     """A fresh instance of `method` with its config (presets, then `overrides`)."""
     cls, _ = METHODS[canonical(method)]
     return cls(make_config(method, **overrides))
+
+
+def _code_of(obj) -> bytes:
+    # a class's or module's source; where there is none (a class typed into a REPL), its functions' byte code
+    try:
+        return inspect.getsource(obj).encode()
+    except (OSError, TypeError):
+        funcs = [v for v in vars(obj).values() if hasattr(v, "__code__")] if isinstance(obj, type) else []
+        return b"".join(marshal.dumps(f.__code__) for f in funcs) + repr(sorted(vars(obj))).encode()
+
+
+def method_code_hash(method: str) -> str:
+    """A hash of `method`'s code: the source of the module that defines its class (helpers beside it included), of
+    each base class up to `Method`, and of its config class and theirs. Part of a run's identity."""
+    cls, _ = METHODS[canonical(method)]
+    parts, seen = [], set()
+    for klass in [*cls.__mro__, *cls.config_class.__mro__]:
+        if klass in (Method, UnlearnConfig, object) or klass in seen:
+            continue
+        seen.add(klass)
+        module = sys.modules.get(klass.__module__)
+        source = _code_of(module) if module is not None and module.__name__ != "__main__" else b""
+        parts.append(source or _code_of(klass))
+        parts.append(_code_of(klass))
+    return hashlib.sha1(b"\0".join(parts)).hexdigest()[:16]

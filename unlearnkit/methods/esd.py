@@ -38,7 +38,7 @@ class ESD(Method):
     def step(self, ctx, forget):
         x_t, t, cond = forget.x_t, forget.t, ctx.e_f[forget.idx]
         if self.config.x_t == "sample":  # the paper's x_t: the model's own partial sample from the forget prompt
-            x_t, t = partial_sample(ctx.raw_unet, ctx.pipe, cond, ctx.e_null, forget.noise, t)
+            x_t, t = partial_sample(ctx.unet, ctx.pipe, cond, ctx.e_null, forget.noise, t)
         pred = ctx.train(x_t, t, cond)
         base_cond, base_uncond = ctx.frozen(x_t, t, cond), ctx.frozen(x_t, t, ctx.null(len(x_t)))
 

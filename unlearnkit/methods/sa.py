@@ -8,8 +8,6 @@ The surrogate image for a forget prompt is its anchor image x_a (the concept rep
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 from .. import losses
 from ..data import default_cache_dir
-from ..io import atomic_save
+from ..io import atomic_save, cache_key
 from .base import Method, UnlearnConfig, register_method
 
 
@@ -35,11 +33,13 @@ def diagonal_fisher(ctx, cfg: SAConfig) -> list[torch.Tensor]:
     """F_i = mean over `cfg.fisher_samples` replay examples of (∂L_simple/∂θ_i)², one example per backward pass.
 
     Heng & Soh 2023, eq. 5 (empirical Fisher of the diffusion loss) on the retain data. Returns a list aligned
-    with `ctx.params`, every entry >= 0. Cached under the base fingerprint, the parameter set, the sample count
-    and the seed (`ctx.cache_dir=False` turns the cache off).
+    with `ctx.params`, every entry >= 0. Cached under what it depends on: the base, the model that made the data,
+    the retain prompts, the parameter set (and LoRA's), the sample count and the seed (`ctx.cache_dir=False`
+    turns the cache off).
     """
-    key = hashlib.sha1(json.dumps([ctx.fingerprint, cfg.params, cfg.fisher_samples, cfg.seed, len(ctx.x_r),
-                                   cfg.retain_seeds, cfg.data_steps, cfg.data_guidance]).encode()).hexdigest()[:20]
+    key = cache_key([ctx.fingerprint, ctx.data_fingerprint, ctx.retain_prompts, cfg.params, cfg.lora_rank,
+                     cfg.lora_targets, cfg.fisher_samples, cfg.seed, cfg.retain_seeds, cfg.data_steps,
+                     cfg.data_guidance])
     path = (Path(ctx.cache_dir) if ctx.cache_dir else default_cache_dir()) / "fisher" / f"{key}.pt"
     if ctx.cache_dir is not False and path.exists():
         return [f.to(p.device) for f, p in zip(torch.load(path, weights_only=True), ctx.params)]
@@ -47,7 +47,7 @@ def diagonal_fisher(ctx, cfg: SAConfig) -> list[torch.Tensor]:
     gen = torch.Generator("cpu").manual_seed(cfg.seed + 20_000)
     for _ in range(cfg.fisher_samples):
         b = ctx.draw("retain", n=1, generator=gen)
-        pred = ctx.raw_unet(b.x_t, b.t, ctx.e_r[b.idx]).sample
+        pred = ctx.unet(b.x_t, b.t, ctx.e_r[b.idx]).sample
         grads = torch.autograd.grad(losses.simple_loss(pred, b.target), ctx.params)
         for f, g in zip(fisher, grads):
             f += g.detach() ** 2 / cfg.fisher_samples
@@ -62,13 +62,7 @@ class SelectiveAmnesia(Method):
     needs_anchors = True
 
     def prepare(self, ctx):
-        # θ0, the base's values of the trained parameters: the frozen base's own tensors where it is there (full
-        # weights; no second copy of the UNet), else (LoRA: the adapters' starting values) a copy
-        if ctx.base_unet is not None:
-            frozen = dict(ctx.base_unet.named_parameters())
-            self._theta0 = [frozen[n].detach() for n, _ in ctx.trainable]
-        else:
-            self._theta0 = [p.detach().clone() for p in ctx.params]
+        self._theta0 = ctx.initial_params()  # θ0, aligned with ctx.params
         self.state = {"fisher": diagonal_fisher(ctx, self.config), "names": [n for n, _ in ctx.trainable]}  # aligned
 
     def step(self, ctx, forget):

@@ -99,22 +99,22 @@ class Saddle(Method):
             help_term = out.help if out.help is not None else torch.zeros((), device=ctx.device)
             targets = queued and tuple(out[h] if h is not None else None for h in queued)
             value = self._constraint_loss(ctx, forget, out[pred], targets)
-            if self.config.constraint == "forget-loss":  # g = τ − L_F (the form of METHODS.md)
-                lagrangian = losses.saddle_lagrangian(help_term, value, self.state["mu"], self.state["tau"],
-                                                      self.config.help_weight)
-                return lagrangian, {"forget_loss": value}
-            violation = value - self.state["tau"]  # g = L − τ
-            lagrangian = losses.constrained_lagrangian(help_term, violation, self.state["mu"], self.config.help_weight)
-            return lagrangian, {"constraint_loss": value}
+            lagrangian = losses.constrained_lagrangian(help_term, self._violation(value), self.state["mu"],
+                                                       self.config.help_weight)
+            return lagrangian, {self._log_key: value}
 
         return loss
+
+    @property
+    def _log_key(self):
+        return "forget_loss" if self.config.constraint == "forget-loss" else "constraint_loss"
+
+    def _violation(self, value):
+        # g(θ): τ − L_F for the forget-loss form (the loss must rise), L − τ for the others (it must fall)
+        return self.state["tau"] - value if self.config.constraint == "forget-loss" else value - self.state["tau"]
 
     def after_step(self, log):
         # projected ascent on μ, on the device (no host sync)
         log["mu"], log["tau"] = self.state["mu"], self.state["tau"]
-        key = "forget_loss" if self.config.constraint == "forget-loss" else "constraint_loss"
-        value = self._reduce(log[key].detach(), reduction="mean")
-        if self.config.constraint == "forget-loss":
-            self.state["mu"] = losses.saddle_dual_step(self.state["mu"], self.state["tau"], value, self.config.mu_lr)
-        else:
-            self.state["mu"] = losses.dual_ascent(self.state["mu"], value - self.state["tau"], self.config.mu_lr)
+        value = self._reduce(log[self._log_key].detach(), reduction="mean")
+        self.state["mu"] = losses.dual_ascent(self.state["mu"], self._violation(value), self.config.mu_lr)

@@ -57,14 +57,13 @@ class SalUn(Method):
         self.state = {"mask": mask, "relabelled": list(zip(ctx.forget_prompts, relabelled))}
 
     def step(self, ctx, forget):
-        with torch.no_grad(), ctx.accelerator.autocast():  # sg[ε_θ(x_t, c_rand)]: the current model, no gradient
-            random_target = ctx.unet(forget.x_t, forget.t, self._e_rand[forget.idx]).sample.float()
+        random_target = ctx.current(forget.x_t, forget.t, self._e_rand[forget.idx])  # sg[ε_θ(x_t, c_rand)]
         retain = ctx.draw("retain")
         pred = ctx.train(forget.x_t, forget.t, ctx.e_f[forget.idx])
         retain_pred = ctx.train(retain.x_t, retain.t, ctx.e_r[retain.idx])
 
         def loss(out):
-            return losses.salun_loss(out[pred], random_target, out[retain_pred], retain.target, self.config.alpha)
+            return losses.salun_loss(out[pred], out[random_target], out[retain_pred], retain.target, self.config.alpha)
 
         return loss
 

@@ -33,7 +33,7 @@ def _override(text: str):
 
 
 def _load(path: str | None, device: str, config: str | None = None):
-    from .models import load_base, load_pipeline
+    from ..models import load_base, load_pipeline
 
     if path in (None, "base"):
         return load_base(device=device)
@@ -43,8 +43,8 @@ def _load(path: str | None, device: str, config: str | None = None):
 
 def _tasks(args) -> list:
     """The task(s) named on the command line: one per --forget word, in order, or the built-in --task."""
-    from .catalog import get_task
-    from .world import task
+    from ..catalog import get_task
+    from ..world import task
 
     if args.forget:
         return [task(forget=w, neighbour=args.neighbour if i == 0 else None) for i, w in enumerate(args.forget)]
@@ -59,7 +59,7 @@ def _task(args):
 
 
 def cmd_train_base(args):
-    from .basetrain import train_base
+    from ..basetrain import train_base
 
     overrides = dict(_override(s) for s in args.set)
     result = train_base(args.out, device=args.device, progress=not args.json, steps=args.steps,
@@ -70,7 +70,7 @@ def cmd_train_base(args):
 def cmd_sample(args):
     from torchvision.utils import save_image
 
-    from .sampling import sample
+    from ..sampling import sample
 
     pipe = _load(args.model, args.device, args.config)
     images = sample(pipe, args.prompt, _seeds(args.seeds), steps=args.steps, guidance_scale=args.guidance,
@@ -80,8 +80,8 @@ def cmd_sample(args):
 
 
 def cmd_unlearn(args):
-    from .methods import make_config
-    from .train import unlearn
+    from ..methods import make_config
+    from ..train import unlearn
 
     overrides = dict(_override(s) for s in args.set)
     make_config(args.method, **overrides)  # a bad method or field fails before any model loads
@@ -91,7 +91,7 @@ def cmd_unlearn(args):
         result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, compile=args.compile,
                          **overrides)
     else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
-        from .sequence import stage_tasks
+        from ..evaluation.sequence import stage_tasks
 
         history = []
         for i, task in enumerate(stage_tasks(tasks)):
@@ -100,18 +100,18 @@ def cmd_unlearn(args):
             pipe = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
-    from .backbone import is_latent
+    from ..backbone import is_latent
 
     target = Path(args.out) / "pipeline"
     if is_latent(result.pipeline):
-        from .models import save_unlearned_unet
+        from ..models import save_unlearned_unet
 
         save_unlearned_unet(result.pipeline, target, base=args.model,
                             config=args.config if Path(args.model).is_file() else None)
     else:
         result.pipeline.save_pretrained(target)
     if getattr(result, "lora", None) is not None:  # a LoRA run keeps its adapter for `unlearnkit export`
-        from .export import export
+        from ..export import export
 
         export(result, Path(args.out) / "lora", format="lora")
     (Path(args.out) / "history.json").write_text(json.dumps(result.history))
@@ -121,7 +121,7 @@ def cmd_unlearn(args):
 
 
 def cmd_attack(args):
-    from .attacks import attack
+    from ..evaluation.attacks import attack
 
     unlearned = _load(args.model, args.device, args.config)
     base = _load(args.base, args.device, args.config)
@@ -131,7 +131,7 @@ def cmd_attack(args):
 
 
 def cmd_evaluate(args):
-    from .metrics import evaluate
+    from ..evaluation.suite import evaluate
 
     base = _load(args.base, args.device, args.config)
     unlearned = _load(args.model, args.device, args.config)
@@ -139,7 +139,7 @@ def cmd_evaluate(args):
                       guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
                       progress=not args.json)
     if result.get("forgot") is False:
-        from .metrics import did_not_forget
+        from ..evaluation.judges import did_not_forget
 
         print(f"unlearnkit evaluate: warning: {did_not_forget(result['forget_rate'])}", file=sys.stderr)
     return result
@@ -148,7 +148,7 @@ def cmd_evaluate(args):
 def cmd_export(args):
     from types import SimpleNamespace
 
-    from .export import LORA_WEIGHT_NAME, export, read_lora
+    from ..export import LORA_WEIGHT_NAME, export, read_lora
 
     source = Path(args.source)
     run = (source / "pipeline").is_dir()  # a run folder written by `unlearnkit unlearn --out`

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 def notebooks_dir() -> Path:
     """The kit's notebooks/ folder (next to the package in a source checkout, or under the working directory)."""
-    for candidate in (Path(__file__).resolve().parents[1] / "notebooks", Path.cwd() / "notebooks"):
+    for candidate in (Path(__file__).resolve().parents[2] / "notebooks", Path.cwd() / "notebooks"):
         if candidate.is_dir():
             return candidate
     raise ValueError("no notebooks/ folder found; run `unlearnkit reproduce` from a checkout of the kit")
@@ -34,10 +34,10 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from .experiments import profile as get_profile
+    from ..experiments import profile as get_profile
 
     get_profile(profile)  # validates the name before anything runs
-    os.environ["UNLEARNKIT_STATIC"] = "1"  # headless: explore() and the sliders draw static figures (unlearnkit.explorer)
+    os.environ["UNLEARNKIT_STATIC"] = "1"  # headless: explore() and the sliders draw static figures (unlearnkit.pictures.explorer)
     src = Path(notebooks) if notebooks else notebooks_dir()
     books = sorted(p for p in src.glob("[0-9][0-9]_*.ipynb"))
     if only:

@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler
-from .data import cached_sample_pairs
-from .losses import esd_target
-
-
-class Snapshots:
-    """An `unlearn` callback that keeps CPU copies of the trained weights after the given steps (0: the start),
-    e.g. to sample the model after 25%, 50% and 100% of its steps (`quantities.snapshot_images`)."""
-
-    def __init__(self, steps):
-        self.steps, self.weights = set(steps), {}
-
-    def __call__(self, step: int, unet) -> None:
-        if step in self.steps:
-            self.weights[step] = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
+from ..backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler
+from ..data import cached_sample_pairs
+from ..losses import esd_target
+from ..train import Snapshots  # noqa: F401  (the callback lives with the loop; kept here for the notebooks)
 
 
 def block_of(name: str) -> str:
@@ -129,7 +118,7 @@ def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guida
     and at the end: ({prompt: images [S,3,H,W]}, column labels "0%", "25% (step 12)", ...), same seed throughout."""
     import copy
 
-    from .sampling import sample
+    from ..sampling import sample
 
     total = result.config.steps
     columns = {0: cached_sample_pairs(base, list(prompts), [seed] * len(prompts), steps, guidance_scale, cache_dir)}

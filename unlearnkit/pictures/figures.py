@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import PowerNorm
 
-from .io import atomic_write
+from ..io import atomic_write
 
 
 # backends that draw to files only: a figure made under them can never be shown
@@ -179,7 +179,7 @@ def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True
     a bar with its 95% bootstrap interval, one panel per entry of `results` = {label: evaluate dict}; concepts in
     evaluation order (neighbour first). `sharey=False` gives each panel its own scale (results of very different
     sizes)."""
-    from .metrics import bootstrap_ci
+    from ..evaluation.stats import bootstrap_ci
 
     width = max(3.2, 0.5 * _n_concepts(results) + 1.2)
     cols = min(4, len(results))  # four panels a row

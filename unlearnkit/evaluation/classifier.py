@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import world
-from .world import TRAIN_SEEDS
-from .io import atomic_write
+from .. import world
+from ..world import TRAIN_SEEDS
+from ..io import atomic_write
 
-ASSET = Path(__file__).parent / "assets" / "classifier.safetensors"
+ASSET = Path(__file__).parents[1] / "assets" / "classifier.safetensors"
 FEATURE_DIM = 128
 
 
@@ -122,7 +122,7 @@ def load_classifier(path: str | Path = ASSET, device: str = "cpu") -> ConceptCla
     path = Path(path)
     if not path.exists():
         raise ValueError(f"classifier weights {str(path)!r} are missing; reinstall unlearnkit or train one with "
-                         "unlearnkit.classifier.train_classifier()")
+                         "unlearnkit.evaluation.classifier.train_classifier()")
     model = ConceptClassifier()
     try:
         state = load_file(str(path))
@@ -149,7 +149,7 @@ def accuracy_on_renders(model: ConceptClassifier, per_prompt: int = 4, seed_offs
     return acc
 
 
-if __name__ == "__main__":  # python -m unlearnkit.classifier: retrain and ship the classifier
+if __name__ == "__main__":  # python -m unlearnkit.evaluation.classifier: retrain and ship the classifier
     t = time.time()
     clf = train_classifier()
     print(accuracy_on_renders(clf), f"{time.time() - t:.0f}s")

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from . import losses
-from .backbone import encode_images, pipeline_device, training_scheduler
-from .data import DATA_SEED0, cached_sample_pairs
+from .. import losses
+from ..backbone import encode_images, pipeline_device, training_scheduler
+from ..data import DATA_SEED0, cached_sample_pairs
 
 KINDS = ("embedding",)
 
@@ -35,8 +35,9 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     {'recovered_forget_rate', 'recovered_forget_rate_ci' (95% bootstrap over images), 'forget_rate' (the same
     prompts with the concept's own word, no attack), 'attack_prompts', 'history' (loss per step), 'seconds'}.
     """
-    from .metrics import bootstrap_ci, forget_hits
-    from .sampling import sample
+    from .stats import bootstrap_ci
+    from .judges import forget_hits
+    from ..sampling import sample
 
     if kind not in KINDS:
         raise ValueError(f"unknown attack kind {kind!r}; known: {', '.join(KINDS)}")

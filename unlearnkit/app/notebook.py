@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .experiments import Profile
-from .experiments import profile as get_profile
+from ..experiments.profiles import Profile
+from ..experiments import profile as get_profile
 
 
 def profile(name: str = "cpu") -> Profile:
@@ -16,8 +16,8 @@ def profile(name: str = "cpu") -> Profile:
 def setup(profile_name: str = "cpu", device: str = "auto"):
     """(P, base, lpips): the profile, the shipped base model on `device` ('auto': cuda if there is a GPU),
     and the LPIPS distance of the retention metric (shift-tolerant LPIPS, offline)."""
-    from .metrics import LPIPSDistance
-    from .models import load_base
+    from ..evaluation.lpips import LPIPSDistance
+    from ..models import load_base
 
     P = profile(profile_name)
     base = load_base(device=device)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .figures import _finish, _show, image_table
-from .sampling import sample
+from ..sampling import sample
 
 
 def live() -> bool:

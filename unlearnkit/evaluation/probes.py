@@ -12,9 +12,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from . import world
-from .data import cached_sample_pairs
-from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from .. import world
+from ..data import cached_sample_pairs
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 @torch.no_grad()

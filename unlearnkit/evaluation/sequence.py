@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .tasks import Task
+from ..tasks import Task
 
 
 def stage_tasks(tasks: list[Task]) -> list[Task]:
@@ -43,7 +43,7 @@ def unlearn_sequence(pipe, tasks: list[Task], method: str, run=None, data: str =
         raise ValueError(f"data={data!r}: choose 'previous' (train each stage on the images of the model it starts "
                          "from) or 'original' (on the original model's images)")
     if run is None:
-        from .train import unlearn as run
+        from ..train import unlearn as run
     results, current = [], pipe
     for task in stage_tasks(tasks):
         # stage 1 trains on its own model's images either way (and keeps the run cache's key of a single run)
@@ -70,7 +70,7 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
     and the forget rate of every concept erased so far. Returns one dict per stage:
     {'stage', 'concept', 'lpips_ret', 'lpips_ret_ci', 'retain_accuracy', 'forget_rates': {concept: rate},
     'forget_rates_ci': {concept: (lo, hi)}} (95% bootstrap over the forget prompts × seeds)."""
-    from .metrics import evaluate
+    from .suite import evaluate
 
     if len(results) != len(tasks):
         raise ValueError(f"{len(results)} results for {len(tasks)} tasks; pass the tasks unlearn_sequence got")

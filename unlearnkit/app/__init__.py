@@ -1,0 +1,1 @@
+"""The app: the command line, `reproduce` (papermill) and the notebooks' setup. The top layer."""

@@ -1,0 +1,28 @@
+"""Intervals: the percentile bootstrap of a mean, a rate with its interval, and how every table prints them."""
+
+from __future__ import annotations
+
+import torch
+
+
+def bootstrap_ci(values: torch.Tensor, n: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling the prompt × seed pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (n, len(values)), generator=g)
+    means = values[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2])).tolist()
+    return lo, hi
+
+
+def format_ci(value: float, ci, digits: int = 3) -> str:
+    """'0.023 [0.020, 0.027]': a value with its interval, as every table of the kit prints them."""
+    lo, hi = ci
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def rate_ci(hits) -> tuple[float, tuple[float, float]]:
+    """(share of True, its 95% bootstrap interval) of a list of booleans: a forget rate or an accuracy."""
+    hits = [bool(h) for h in hits]
+    if not hits:
+        raise ValueError("rate_ci needs at least one judged image")
+    return sum(hits) / len(hits), bootstrap_ci(torch.tensor(hits, dtype=torch.float32))
