@@ -53,8 +53,12 @@ def test_help_loss_is_zero_at_the_base_and_weights_the_unconditional_branch():
 
 
 def test_saddle_lagrangian_and_projected_dual_step():
-    help, lf = torch.tensor(0.2), torch.tensor(0.5)
-    assert losses.saddle_lagrangian(help, lf, mu=2.0, tau=1.0, help_weight=1.0).item() == pytest.approx(0.2 + 2 * 0.5)
+    # the forget-loss form g = τ − L_F through the one Lagrangian and the one dual step (eqs. 17, 19, 22)
+    help, lf, tau = torch.tensor(0.2), torch.tensor(0.5), 1.0
+    assert losses.constrained_lagrangian(help, tau - lf, mu=2.0, weight=1.0).item() == pytest.approx(0.2 + 2 * 0.5)
     # forget loss below τ: μ grows; above τ: μ shrinks, never below 0
-    assert losses.saddle_dual_step(1.0, tau=1.0, forget_loss=0.5, mu_lr=2.0) == pytest.approx(2.0)
-    assert losses.saddle_dual_step(0.5, tau=1.0, forget_loss=3.0, mu_lr=2.0) == 0.0
+    assert losses.dual_ascent(1.0, tau - 0.5, mu_lr=2.0) == pytest.approx(2.0)
+    assert losses.dual_ascent(0.5, tau - 3.0, mu_lr=2.0) == 0.0
+    mu = torch.tensor(1.0, dtype=torch.float64)  # on the device, as Saddle keeps it: a tensor back, clamped at 0
+    assert float(losses.dual_ascent(mu, torch.tensor(tau - 0.5), mu_lr=2.0)) == pytest.approx(2.0)
+    assert not hasattr(losses, "saddle_lagrangian")  # one pair, not two that say the same

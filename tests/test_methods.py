@@ -221,11 +221,11 @@ def test_run_method_caches_the_methods_state(tiny_pipe, object_task, tmp_path):
 def test_run_method_gives_lora_runs_their_learning_rate_rule(tiny_pipe, object_task, tmp_path, monkeypatch):
     # LoRA at the full-weight lr does not forget (bench/lora.json): run_method multiplies the lr unless it is given
     from unlearnkit import experiments
-    from unlearnkit.experiments import LORA_LR_MULT, profile, run_method
+    from unlearnkit.experiments import LORA_LR_MULT, cache, profile, run_method
 
-    seen = []
-    monkeypatch.setattr(experiments, "unlearn", lambda pipe, task, name, **kw: seen.append(kw.get("lr")) or
-                        uk.unlearn(pipe, task, name, **{**kw, "steps": 1}))
+    seen, train = [], cache.train
+    monkeypatch.setattr(cache, "train", lambda pipe, task, name, method, options, **kw: seen.append(method.config.lr)
+                        or train(pipe, task, name, method, options, **kw))
     P = profile("smoke")
     run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False, params="lora")
     run_method(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False, params="lora", lr=2e-4)
@@ -237,12 +237,11 @@ def test_run_method_gives_lora_runs_their_learning_rate_rule(tiny_pipe, object_t
 
 def test_run_method_keys_a_run_by_whose_images_it_trained_on(tiny_pipe, object_task, tmp_path, monkeypatch):
     # a stage trained on the original model's images (data_from) is another run than one on its own images
-    from unlearnkit import experiments
-    from unlearnkit.experiments import profile, run_method
+    from unlearnkit.experiments import cache, profile, run_method
 
-    calls = []
-    monkeypatch.setattr(experiments, "unlearn", lambda pipe, task, name, **kw: calls.append(kw["data_from"]) or
-                        uk.unlearn(pipe, task, name, **{**kw, "steps": 1}))
+    calls, train = [], cache.train
+    monkeypatch.setattr(cache, "train", lambda pipe, task, name, method, options, **kw: calls.append(kw["data_from"])
+                        or train(pipe, task, name, method, options, **kw))
     P = profile("smoke")
     stage1 = run_method(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
     own = run_method(stage1.pipeline, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
@@ -268,7 +267,7 @@ def test_sa_and_salun_keep_no_second_copy_of_the_weights(tiny_pipe, object_task,
     uk.unlearn(tiny_pipe, object_task, "sa", **{**FAST, "steps": 1})
     uk.unlearn(tiny_pipe, object_task, "salun", **{**FAST, "steps": 1})
     sa, ctx = kept["SelectiveAmnesia"]
-    frozen = dict(ctx.base_unet.named_parameters())
+    frozen = dict(ctx._base_unet.named_parameters())
     assert len(sa._theta0) == len(ctx.trainable) > 0
     assert all(t0.data_ptr() == frozen[n].data_ptr() for t0, (n, _) in zip(sa._theta0, ctx.trainable))
     salun, _ = kept["SalUn"]

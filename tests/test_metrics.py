@@ -97,7 +97,7 @@ def test_evaluate_lists_every_retain_pair_and_intervals(tiny_pipe, object_task, 
 
 def test_frechet_distance_matches_torchmetrics_fid_and_its_interval():
     from unlearnkit.evaluation.classifier import load_classifier
-    from unlearnkit.evaluation import _Features
+    from unlearnkit.evaluation.fid import _Features
 
     clf = load_classifier()
     for n in (6, 130):  # both branches: fewer and more images than the 128 feature dimensions

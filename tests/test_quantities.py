@@ -5,7 +5,7 @@ import copy
 import torch
 
 import unlearnkit as uk
-from unlearnkit import quantities as q
+from unlearnkit.pictures import quantities as q
 
 
 def test_weight_change_mask_share_and_fisher_mass(tiny_pipe):

@@ -99,7 +99,7 @@ def test_resume_is_bit_identical(tiny_pipe, object_task, tmp_path, method):
     uk.unlearn(tiny_pipe, object_task, method, steps=2, out_dir=tmp_path / "cut", **kw)
     ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     # ... then restart with the full step count: same config except steps, so rewrite the stored config
-    ckpt["config"]["steps"] = 4
+    ckpt["identity"]["config"]["steps"] = 4
     torch.save(ckpt, tmp_path / "cut" / "checkpoint.pt")
     resumed = uk.unlearn(tiny_pipe, object_task, method, steps=4, out_dir=tmp_path / "cut", **kw)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
@@ -112,7 +112,9 @@ def test_unknown_method_and_field_list_the_valid_ones(tiny_pipe, object_task):
         uk.unlearn(tiny_pipe, object_task, "esdx")
     with pytest.raises(ValueError, match=r"unknown config field 'learning_rate'.*\blr\b"):
         uk.unlearn(tiny_pipe, object_task, "esd-x", learning_rate=1e-4)
-    with pytest.raises(ValueError, match="steps must be > 0"):
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        uk.unlearn(tiny_pipe, object_task, "esd-x", steps=-1)
+    with pytest.raises(ValueError, match="steps=0 trains nothing.*'esd-x'"):  # 0 is for closed-form methods
         uk.unlearn(tiny_pipe, object_task, "esd-x", steps=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         uk.unlearn(tiny_pipe, object_task, "ovw", lr=-1.0)
@@ -222,14 +224,15 @@ def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
 
 def test_run_until_forgotten_climbs_the_lr_ladder_only_while_the_check_says_not_forgotten(tiny_pipe, object_task,
                                                                                          tmp_path, monkeypatch):
-    from unlearnkit import experiments, train
+    from unlearnkit import experiments
+    from unlearnkit.evaluation import stopping
 
     P = experiments.profile("smoke")  # 2 steps: each rung checks every 2, for at most 8
     lr = make_config("esd-x", **experiments.tuned(object_task.name, "esd-x", object_task.kind)).lr  # its kind's rule
-    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)  # forgotten at the first check of the first rung
+    monkeypatch.setattr(stopping, "CHECK_BELOW", 1.0)  # forgotten at the first check of the first rung
     run = experiments.run_until_forgotten(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
-    assert (run.config.lr, run.config.steps, run.config.until_forgotten, len(run.history)) == (lr, 8, 2, 2)
-    monkeypatch.setattr(train, "CHECK_BELOW", -1.0)  # never forgotten: every rung, the last one returned
+    assert (run.config.lr, run.config.steps, run.stop["every"], len(run.history)) == (lr, 8, 2, 2)
+    monkeypatch.setattr(stopping, "CHECK_BELOW", -1.0)  # never forgotten: every rung, the last one returned
     run = experiments.run_until_forgotten(tiny_pipe, object_task, "esd-x", P, cache_dir=tmp_path, progress=False)
     assert run.config.lr == pytest.approx(lr * experiments.ESCALATION[-1]) and len(run.history) == 8
     assert list(run.forget_checks) == [2, 4, 6, 8]
@@ -237,7 +240,7 @@ def test_run_until_forgotten_climbs_the_lr_ladder_only_while_the_check_says_not_
     # a cached run per rung; the check's bound is part of a run's key, so the first call's run was not taken for one
     assert len(rungs) == 1 + len(experiments.ESCALATION)
     # an ablation climbs with its parent's checks: the same rung as OVW's, whatever its own checks say
-    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)
+    monkeypatch.setattr(stopping, "CHECK_BELOW", 1.0)
     ovw = experiments.run_until_forgotten(tiny_pipe, object_task, "ovw", P, cache_dir=tmp_path, progress=False)
     ablation = experiments.run_until_forgotten(tiny_pipe, object_task, "ovw-nohelp", P, cache_dir=tmp_path,
                                                progress=False, like="ovw")
@@ -272,21 +275,21 @@ def test_compile_with_inductor_matches_eager(tiny_pipe, object_task):
 
 
 def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe, object_task, monkeypatch, tmp_path):
-    from unlearnkit import train
+    from unlearnkit.evaluation import stopping
 
     kw = dict(batch_size=2, data_steps=2, progress=False)
     plain = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=2, **kw)
-    monkeypatch.setattr(train, "CHECK_BELOW", 1.0)  # every check says forgotten: stop at the first (step 2)
-    stopped = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, until_forgotten=2, out_dir=tmp_path, **kw)
+    monkeypatch.setattr(stopping, "CHECK_BELOW", 1.0)  # every check says forgotten: stop at the first (step 2)
+    stopped = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, stop=uk.until_forgotten(2), out_dir=tmp_path, **kw)
     assert len(stopped.history) == 2 and list(stopped.forget_checks) == [2] and stopped.stopped_forgotten
     assert 0.0 <= stopped.forget_checks[2] <= 1.0
     # the check samples on its own seeds: the first 2 steps are those of a plain 2-step run
     for (n, p), (_, q) in zip(plain.pipeline.unet.named_parameters(), stopped.pipeline.unet.named_parameters()):
         assert torch.equal(p, q), n
-    again = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, until_forgotten=2, out_dir=tmp_path, **kw)
+    again = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=6, stop=uk.until_forgotten(2), out_dir=tmp_path, **kw)
     assert len(again.history) == 2  # resumed from a run that stopped: it stays stopped
-    monkeypatch.setattr(train, "CHECK_BELOW", -1.0)  # no check says forgotten: all steps, a check every 2
-    full = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=5, until_forgotten=2, **kw)
+    monkeypatch.setattr(stopping, "CHECK_BELOW", -1.0)  # no check says forgotten: all steps, a check every 2
+    full = uk.unlearn(tiny_pipe, object_task, "esd-x", steps=5, stop=uk.until_forgotten(2), **kw)
     assert len(full.history) == 5 and list(full.forget_checks) == [2, 4, 5]
     assert plain.forget_checks == {}
     assert not full.stopped_forgotten and not plain.stopped_forgotten
@@ -297,6 +300,10 @@ def test_until_forgotten_refuses_a_concept_the_classifier_cannot_judge(tiny_pipe
 
     task = replace(object_task, name="cats", forget_concept="cat", kind="animal")
     with pytest.raises(ValueError, match="until_forgotten=2.*'cat'.*until_forgotten=0"):
-        uk.unlearn(tiny_pipe, task, "esd-x", steps=2, until_forgotten=2, batch_size=2, data_steps=2, progress=False)
-    with pytest.raises(ValueError, match="until_forgotten must be >= 0"):
-        make_config("esd-x", until_forgotten=-1)
+        uk.unlearn(tiny_pipe, task, "esd-x", steps=2, stop=uk.until_forgotten(2), batch_size=2, data_steps=2,
+                   progress=False)
+    with pytest.raises(ValueError, match="check interval in steps > 0"):
+        uk.until_forgotten(0)
+    # the config field it used to be: one error that names the stopping rule
+    with pytest.raises(ValueError, match=r"stop=unlearnkit.until_forgotten\(N\)"):
+        uk.unlearn(tiny_pipe, object_task, "esd-x", steps=2, until_forgotten=2)

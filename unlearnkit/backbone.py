@@ -46,14 +46,16 @@ def with_unet(pipe, unet):
     return swapped
 
 
+def tokenize(tokenizer, prompts: list[str], device=None) -> torch.Tensor:
+    """Token ids [N, model_max_length] of `prompts`, padded to the tokenizer's length (as the text encoders take them)."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """`encoder_hidden_states` [N, tokens, dim] for a list of prompts ('' is the unconditional prompt)."""
     check_words(pipe.tokenizer, [p for p in prompts if p])
-    ids = pipe.tokenizer(
-        list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(pipeline_device(pipe))
-    return pipe.text_encoder(ids)[0]
+    return pipe.text_encoder(tokenize(pipe.tokenizer, prompts, pipeline_device(pipe)))[0]
 
 
 def encode_images(pipe, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

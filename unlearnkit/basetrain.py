@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import world
 from .world import TRAIN_SEEDS
 from .io import atomic_save, load_checkpoint
-from .backbone import encode_images, training_scheduler
+from .backbone import encode_images, tokenize, training_scheduler
 from .losses import regression_target
 from .models import build_pipeline, resolve_device
 
@@ -128,8 +128,7 @@ def train_base(out_dir: str | Path, device: str = "auto", progress: bool = True,
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=device)
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        ids = pipe.tokenizer(cond, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids.to(device)
+        ids = tokenize(pipe.tokenizer, cond, device)
         encoder_hidden_states = text_encoder(ids)[0]
         model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
         target = regression_target(cfg.prediction_type, alphas_cumprod, latents, noise, timesteps)

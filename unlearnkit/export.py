@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .backbone import with_unet
 from .io import atomic_write
 
 FORMATS = ("diffusers", "lora", "kohya")
@@ -77,7 +78,7 @@ def _without_adapters(pipe):
     unet = copy.deepcopy(pipe.unet)
     unet.fuse_lora()
     unet.unload_lora()
-    return type(pipe)(**{**pipe.components, "unet": unet})
+    return with_unet(pipe, unet)
 
 
 def save_lora(lora: dict[str, torch.Tensor], lora_config, folder: Path) -> Path:

@@ -46,13 +46,13 @@ def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
 
 
 def simple_loss(model_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """L_simple = E ‖ε − ε_θ(x_t, c, t)‖² (Ho et al. 2020, eq. 14), mean over all elements."""
+    """L_simple = E ‖ε − ε_θ(x_t, c, t)‖² (Ho et al. 2020, eq. 14; docs/METHODS.md, eq. 3), mean over all elements."""
     return F.mse_loss(model_pred.float(), noise.float())
 
 
 def ga_loss(forget_pred: torch.Tensor, forget_noise: torch.Tensor, retain_pred: torch.Tensor | None = None,
             retain_noise: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
-    """Gradient ascent: −L_simple(θ; x_f, c_f) + α·L_simple(θ; x_r, c_r) (METHODS.md, `ga`). Unbounded below."""
+    """Gradient ascent: −L_simple(θ; x_f, c_f) + α·L_simple(θ; x_r, c_r) (docs/METHODS.md, eq. 7). Unbounded below."""
     loss = -simple_loss(forget_pred, forget_noise)
     if alpha and retain_pred is not None:
         loss = loss + alpha * simple_loss(retain_pred, retain_noise)
@@ -62,7 +62,7 @@ def ga_loss(forget_pred: torch.Tensor, forget_noise: torch.Tensor, retain_pred: 
 def esd_target(base_uncond: torch.Tensor, base_cond: torch.Tensor, eta: float) -> torch.Tensor:
     """ESD's negatively guided target ε_θ0(x_t, ∅, t) − η(ε_θ0(x_t, c_f, t) − ε_θ0(x_t, ∅, t)).
 
-    Gandikota et al. 2023, eq. 4. Computed from the frozen base: the caller wraps it in no_grad.
+    Gandikota et al. 2023; docs/METHODS.md, eq. 8. Computed from the frozen base: the caller wraps it in no_grad.
     """
     return base_uncond - eta * (base_cond - base_uncond)
 
@@ -74,7 +74,7 @@ def regression_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 def salun_loss(forget_pred: torch.Tensor, random_target: torch.Tensor, retain_pred: torch.Tensor,
                retain_noise: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SalUn (Fan et al. 2024, eq. 8): ‖ε_θ(x_t^f, c_f) − sg[ε_θ(x_t^f, c_rand)]‖² + α·L_simple(θ; x_r, c_r).
+    """SalUn (Fan et al. 2024; docs/METHODS.md, eq. 11): ‖ε_θ(x_t^f, c_f) − sg[ε_θ(x_t^f, c_rand)]‖² + α·L_simple(θ; x_r, c_r).
 
     The saliency mask is applied to the gradients by the training loop, not here.
     """
@@ -82,7 +82,7 @@ def salun_loss(forget_pred: torch.Tensor, random_target: torch.Tensor, retain_pr
 
 
 def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
-    """SalUn's weight-saliency mask m = 1[|∇θ L_F| ≥ the (1 − ratio) quantile over all parameters].
+    """SalUn's weight-saliency mask m = 1[|∇θ L_F| ≥ the (1 − ratio) quantile over all parameters] (docs/METHODS.md, eq. 10).
 
     Returns a {name: bool tensor} that keeps the `ratio` share of parameters with the largest |gradient|.
     """
@@ -140,7 +140,7 @@ class _EWCPenalty(torch.autograd.Function):
 
 def ewc_penalty(params: Iterable[torch.Tensor], base_params: Iterable[torch.Tensor],
                 fisher: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Σ_i F_i (θ_i − θ0_i)², the elastic-weight-consolidation term of Selective Amnesia (Heng & Soh 2023, eq. 6).
+    """Σ_i F_i (θ_i − θ0_i)², the elastic-weight-consolidation term of Selective Amnesia (Heng & Soh 2023; docs/METHODS.md, eq. 14).
 
     Written as Σ_k ‖√F_k ⊙ (θ_k − θ0_k)‖² over the parameter tensors k with `torch._foreach_*` ops (a few fused
     kernels per group of tensors instead of four per tensor: a few hundred per step on a UNet), and its gradient
@@ -154,7 +154,7 @@ def ewc_penalty(params: Iterable[torch.Tensor], base_params: Iterable[torch.Tens
 
 def sa_loss(surrogate_pred: torch.Tensor, surrogate_noise: torch.Tensor, replay_pred: torch.Tensor,
             replay_noise: torch.Tensor, penalty: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
-    """Selective Amnesia: L_simple(θ; x_a, c_f) + γ·L_simple(θ; replay) + λ·Σ F(θ − θ0)² (METHODS.md, `sa`)."""
+    """Selective Amnesia: L_simple(θ; x_a, c_f) + γ·L_simple(θ; replay) + λ·Σ F(θ − θ0)² (docs/METHODS.md, eq. 15)."""
     return simple_loss(surrogate_pred, surrogate_noise) + gamma * simple_loss(replay_pred, replay_noise) + lam * penalty
 
 
@@ -162,7 +162,7 @@ def help_loss(retain_pred: torch.Tensor, base_retain: torch.Tensor, uncond_pred:
               base_uncond: torch.Tensor | None = None, uncond_weight: float = 1.0) -> torch.Tensor:
     """L_help = E_R ‖ε_θ(x_t, c, t) − ε_θ0(x_t, c, t)‖² + β_∅·E_R ‖ε_θ(x_t, ∅, t) − ε_θ0(x_t, ∅, t)‖².
 
-    METHODS.md, "Help losses": distillation to the base on retain data plus the unconditional branch.
+    docs/METHODS.md, eq. 5: distillation to the base on retain data plus the unconditional branch.
     """
     loss = regression_loss(retain_pred, base_retain)
     if uncond_weight and uncond_pred is not None:
@@ -172,7 +172,7 @@ def help_loss(retain_pred: torch.Tensor, base_retain: torch.Tensor, uncond_pred:
 
 def constrained_lagrangian(objective: torch.Tensor, violation: torch.Tensor, mu: float | torch.Tensor,
                            weight: float = 1.0) -> torch.Tensor:
-    """L(θ, μ) = w·f(θ) + μ·g(θ) for min_θ f(θ) s.t. g(θ) ≤ 0 (Lagrangian relaxation; μ ≥ 0 a constant here).
+    """L(θ, μ) = w·f(θ) + μ·g(θ) for min_θ f(θ) s.t. g(θ) ≤ 0 (docs/METHODS.md, eq. 17; μ ≥ 0 a constant here).
 
     Saddle's constraint forms (unlearnkit's reformulations): g = L_ovw − τ (the overwrite reached), g = L_ESD − τ
     (ESD's regression reached) or g = τ − L_F (the forget loss pushed up to τ), f = L_help."""
@@ -182,7 +182,7 @@ def constrained_lagrangian(objective: torch.Tensor, violation: torch.Tensor, mu:
 
 
 def dual_ascent(mu: float | torch.Tensor, violation: float | torch.Tensor, mu_lr: float) -> float | torch.Tensor:
-    """Projected ascent on the multiplier of g ≤ 0: μ ← max(0, μ + η_μ·g). A float, or a 0-dim tensor like μ."""
+    """Projected ascent on the multiplier of g ≤ 0: μ ← max(0, μ + η_μ·g) (docs/METHODS.md, eq. 22). A float, or a 0-dim tensor like μ."""
     if isinstance(mu, torch.Tensor):
         return torch.clamp(mu + mu_lr * torch.as_tensor(violation).detach().to(mu), min=0.0)
     return max(0.0, mu + mu_lr * float(violation))

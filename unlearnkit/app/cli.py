@@ -1,7 +1,9 @@
 """The command line: `unlearnkit train-base | sample | unlearn | evaluate | attack | export | reproduce` (also `python -m unlearnkit`).
 
 Every subcommand calls the same functions the notebooks call. Bad input prints one line naming
-the input and the fix, and exits 2.
+the input and the fix, and exits 2. Methods of one's own: `unlearnkit --import my_methods unlearn --method
+mine ...` imports `my_methods` (a module name or a .py file) first, so that its `register_method` calls run;
+an installed package's methods come in through the `unlearnkit.methods` entry-point group.
 """
 
 from __future__ import annotations
@@ -79,24 +81,57 @@ def cmd_sample(args):
     return {"images": len(images), "out": args.out}
 
 
-def cmd_unlearn(args):
-    from ..methods import make_config
-    from ..train import unlearn
+def import_user_modules(names) -> list[str]:
+    """Import each of `names` (a module name, found from the current folder too, or a path to a .py file) so that
+    its `register_method` calls run; returns the methods they added. A module that fails is a ValueError naming it."""
+    import importlib
+    import importlib.util
 
-    overrides = dict(_override(s) for s in args.set)
+    from ..methods import METHODS
+
+    before = set(METHODS)
+    for name in names:
+        try:
+            if name.endswith(".py") or "/" in name:
+                path = Path(name)
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file {name!r}")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                sys.path.insert(0, str(Path.cwd())) if str(Path.cwd()) not in sys.path else None
+                importlib.import_module(name)
+        except Exception as e:
+            raise ValueError(f"--import {name}: {type(e).__name__}: {e}; pass a module name on the Python path or a "
+                             ".py file that registers methods with unlearnkit.register_method") from e
+    return sorted(set(METHODS) - before)
+
+
+def cmd_unlearn(args):
+    from ..evaluation.stopping import until_forgotten
+    from ..methods import make_config
+    from ..train import RunOptions, split_settings, unlearn
+
+    overrides, run_kw = split_settings(dict(_override(s) for s in args.set))
+    every = args.until_forgotten or overrides.pop("until_forgotten", 0)
     make_config(args.method, **overrides)  # a bad method or field fails before any model loads
+    options = RunOptions(progress=not args.json, compile=args.compile, **run_kw)
+    stop = until_forgotten(int(every)) if every else None
     tasks = _tasks(args)
+    if stop is not None:
+        stop.validate(tasks[0])
     pipe = _load(args.model, args.device, args.config)
     if len(tasks) == 1:
-        result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, progress=not args.json, compile=args.compile,
-                         **overrides)
+        result = unlearn(pipe, tasks[0], args.method, out_dir=args.out, options=options, stop=stop, **overrides)
     else:  # several --forget words: erased in order, each stage from the last (checkpoints in stage-N/)
         from ..evaluation.sequence import stage_tasks
 
         history = []
         for i, task in enumerate(stage_tasks(tasks)):
-            result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}",
-                             progress=not args.json, compile=args.compile, **overrides)
+            result = unlearn(pipe, task, args.method, out_dir=Path(args.out) / f"stage-{i + 1}", options=options,
+                             stop=stop, **overrides)
             pipe = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
@@ -142,7 +177,7 @@ def cmd_evaluate(args):
         from ..evaluation.judges import did_not_forget
 
         print(f"unlearnkit evaluate: warning: {did_not_forget(result['forget_rate'])}", file=sys.stderr)
-    return result
+    return dict(result)
 
 
 def cmd_export(args):
@@ -170,8 +205,17 @@ def cmd_reproduce(args):
     return reproduce(profile=args.profile, out_dir=args.out, only=args.only, device=args.device or "auto")
 
 
+def _import_arg(p):
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (a module name or a .py file) first: its register_method calls add methods")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..methods import ALIASES, METHODS, load_entry_points
+
+    load_entry_points()  # installed packages' methods, so that --help lists them
     p = argparse.ArgumentParser(prog="unlearnkit", description=__doc__.splitlines()[0])
+    _import_arg(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp):
@@ -211,12 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_sample)
 
     sp = sub.add_parser("unlearn", help="unlearn a task with a method; saves the unlearned pipeline")
-    sp.add_argument("--method", default="esd-x", help="ga, esd-x, esd-u, salun, sa, saddle, ovw, ovw-nohelp")
+    sp.add_argument("--method", default="esd-x", help=f"one of: {', '.join([*METHODS, *ALIASES])} (more with --import)")
     sp.add_argument("--model", default="base", help="the base: 'base', a pipeline folder or a hub id")
     sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
     sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="config overrides, e.g. --set steps=200 --set help_weight=1; --set until_forgotten=50: a "
-                         "check every 50 steps (held-out seeds, the classifier) stops it once the concept is gone")
+                    help="the method's config fields or run options (mixed_precision, gradient_checkpointing, "
+                         "checkpoint_every), e.g. --set steps=200 --set help_weight=1")
+    sp.add_argument("--until-forgotten", type=int, default=0, metavar="N",
+                    help="a check every N steps (held-out seeds, the classifier) stops the run once the concept is "
+                         "gone (also --set until_forgotten=N)")
     sp.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="run the UNet passes through torch.compile (reduce-overhead: CUDA graphs; for GPUs)")
     config_arg(sp)
@@ -269,11 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # --import runs before the parser is built: the modules' methods then appear in --help
+    pre = argparse.ArgumentParser(add_help=False)
+    _import_arg(pre)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        import_user_modules(known.imports)
+    except ValueError as e:
+        print(f"unlearnkit: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
         print(f"unlearnkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     if args.json:

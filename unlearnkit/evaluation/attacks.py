@@ -20,8 +20,9 @@ import time
 import torch
 
 from .. import losses
-from ..backbone import encode_images, pipeline_device, training_scheduler
+from ..backbone import encode_images, pipeline_device, tokenize, training_scheduler
 from ..data import DATA_SEED0, cached_sample_pairs
+from .stats import format_ci
 
 KINDS = ("embedding",)
 
@@ -74,8 +75,7 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     prediction_type = losses.check_prediction_type(sched.config.prediction_type)
     with torch.no_grad():
         x0_all = encode_images(pipe, images)
-    ids_all = tokenizer([attack_prompts[i // data_seeds] for i in range(len(pairs))], padding="max_length",
-                        max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids.to(device)
+    ids_all = tokenize(tokenizer, [attack_prompts[i // data_seeds] for i in range(len(pairs))], device)
     gen = torch.Generator("cpu").manual_seed(seed)
     history = []
     for _ in range(steps):
@@ -83,8 +83,7 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
         noise = torch.randn((batch_size, *x0_all.shape[1:]), generator=gen).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen).to(device)
         x0 = x0_all[idx]
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t = losses.add_noise(alphas, x0, noise, t)
         pred = pipe.unet(x_t, t, text_encoder(ids_all[idx])[0]).sample
         loss = losses.simple_loss(pred, losses.regression_target(prediction_type, alphas, x0, noise, t))
         optimizer.zero_grad(set_to_none=True)
@@ -109,6 +108,6 @@ def attack_table(results: dict[str, dict[str, dict]]) -> str:
     lines = ["| task | model | forget rate (no attack) | recovered forget rate [95% CI] |", "|---|---|---|---|"]
     for task, per in results.items():
         for label, r in per.items():
-            lo, hi = r["recovered_forget_rate_ci"]
-            lines.append(f"| {task} | {label} | {r['forget_rate']:.2f} | {r['recovered_forget_rate']:.2f} [{lo:.2f}, {hi:.2f}] |")
+            recovered = format_ci(r["recovered_forget_rate"], r["recovered_forget_rate_ci"], digits=2)
+            lines.append(f"| {task} | {label} | {r['forget_rate']:.2f} | {recovered} |")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import world
+from ..backbone import with_unet
 from ..data import cached_sample_pairs
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -31,7 +32,7 @@ def weight_noise(pipe, scale: float, seed: int = 0):
         # drawn on the CPU from one generator: the same noise on every device
         noise = torch.randn(p.shape, generator=g) * scale * p.detach().float().std().nan_to_num(0).cpu()
         p.add_(noise.to(p.device, p.dtype))
-    return type(pipe)(**{**pipe.components, "unet": unet})
+    return with_unet(pipe, unet)
 
 
 def shift(images: torch.Tensor, pixels: int = 1) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..tasks import Task
+from .stats import format_ci
 
 
 def stage_tasks(tasks: list[Task]) -> list[Task]:
@@ -115,9 +116,8 @@ def sequence_table(rows: dict[str, list[dict]]) -> str:
              + " |", "|---|---|---|---|" + "---|" * len(concepts)]
     for label, rs in rows.items():
         for r in rs:
-            lo, hi = r["lpips_ret_ci"]
             acc = "–" if r.get("retain_accuracy") is None else f"{r['retain_accuracy']:.3f}"
             rates = [r["forget_rates"].get(c) for c in concepts]
-            lines.append(f"| {label} | {r['stage']}: {r['concept']} | {r['lpips_ret']:.3f} [{lo:.3f}, {hi:.3f}] | {acc} | "
+            lines.append(f"| {label} | {r['stage']}: {r['concept']} | {format_ci(r['lpips_ret'], r['lpips_ret_ci'])} | {acc} | "
                          + " | ".join("" if v is None else f"{v:.2f}" for v in rates) + " |")
     return "\n".join(lines)

@@ -28,19 +28,23 @@ class UntilForgotten:
     them. Logs the rate as `forget_check`. Embedded-world concepts only (the classifier judges them)."""
 
     every: int
-    below: float = CHECK_BELOW
+    below: float | None = None  # None: CHECK_BELOW
     seeds: tuple = CHECK_SEEDS
     classifier: object = None  # the concept classifier (default: the shipped one, loaded at the first check)
 
     def __post_init__(self):
         if not isinstance(self.every, int) or self.every <= 0:
             raise ValueError(f"until_forgotten takes a check interval in steps > 0, got {self.every!r}")
-        if not 0 <= self.below < 1:
+        if self.below is not None and not 0 <= self.below < 1:
             raise ValueError(f"until_forgotten's bound must be in [0, 1), got {self.below}")
         self.seeds = tuple(int(s) for s in self.seeds)
 
+    @property
+    def bound(self) -> float:
+        return CHECK_BELOW if self.below is None else self.below
+
     def key(self) -> dict:
-        return {"rule": "until_forgotten", "every": self.every, "below": self.below, "seeds": list(self.seeds)}
+        return {"rule": "until_forgotten", "every": self.every, "below": self.bound, "seeds": list(self.seeds)}
 
     def validate(self, task) -> None:
         if not classifier_judges(task):
@@ -57,9 +61,9 @@ class UntilForgotten:
                         guidance_scale=config.data_guidance, progress=False)
         hits = forget_hits(images, task, classifier=self.classifier)
         rate = sum(hits) / len(hits)
-        return {"forget_check": rate}, rate <= self.below
+        return {"forget_check": rate}, rate <= self.bound
 
 
-def until_forgotten(every: int, below: float = CHECK_BELOW, seeds=CHECK_SEEDS) -> UntilForgotten:
+def until_forgotten(every: int, below: float | None = None, seeds=CHECK_SEEDS) -> UntilForgotten:
     """The stopping rule 'train until forgotten', checked every `every` steps (`UntilForgotten`)."""
     return UntilForgotten(every, below, seeds)

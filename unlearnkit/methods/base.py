@@ -14,7 +14,7 @@ passes a step needs and which loss it makes from their outputs. The whole contra
                               ctx.frozen(x_t, t, emb)   the frozen base model, without gradients
                               ctx.current(x_t, t, emb)  the UNet being trained as it is now, without gradients
                             `loss(out)` returns a scalar tensor, or (scalar, {name: tensor or float}) to log.
-                            `out.help` is L_help (docs/METHODS.md, eq. 3) when `help_weight` > 0, else None.
+                            `out.help` is L_help (docs/METHODS.md, eq. 5) when `help_weight` > 0, else None.
     mask_gradients(params)  after backward, before clipping (SalUn's saliency mask)
     after_step(log)         after the optimiser step (Saddle's multiplier)
     state                   what the method computed ({name: tensor, ...}); `resume_keys` go into checkpoints
@@ -86,7 +86,7 @@ class UnlearnConfig:
     params: str = "full"  # what trains: a name of PARAM_SETS, or 're:<regex>' over parameter names
     lora_rank: int = 4  # with params="lora": the adapters' rank r (lora_alpha = r, so their scale is 1)
     lora_targets: str = "attn"  # with params="lora": one of LORA_TARGETS (esd-x: attn2, esd-u: attn1)
-    help_weight: float = 0.0  # λ_help on L_help (docs/METHODS.md, eq. 3); 0 keeps a baseline as published
+    help_weight: float = 0.0  # λ_help on L_help (docs/METHODS.md, eq. 5); 0 keeps a baseline as published
     help_uncond_weight: float = 1.0  # β_∅: weight of the unconditional branch inside L_help
     grad_accum: int = 1  # gradient accumulation steps per optimiser step
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off

@@ -1,6 +1,6 @@
 """ESD, Erased Stable Diffusion (Gandikota et al. 2023): regress the forget prompt onto negative guidance.
 
-    L_ESD(θ) = ‖ε_θ(x_t, c_f, t) − sg[ε_θ0(x_t, ∅, t) − η(ε_θ0(x_t, c_f, t) − ε_θ0(x_t, ∅, t))]‖²   (eq. 4)
+    L_ESD(θ) = ‖ε_θ(x_t, c_f, t) − sg[ε_θ0(x_t, ∅, t) − η(ε_θ0(x_t, c_f, t) − ε_θ0(x_t, ∅, t))]‖²   (docs/METHODS.md, eqs. 8-9)
 
 ESD-x trains the cross-attention only (`params="xattn"`), ESD-u everything else (`"non-xattn"`).
 """

@@ -1,6 +1,6 @@
 """Gradient ascent (GA): raise the denoising loss on the forget data. A sanity baseline that collapses.
 
-    L_GA(θ) = −L_simple(θ; x_f, c_f) + α·L_simple(θ; x_r, c_r)          (METHODS.md, `ga`)
+    L_GA(θ) = −L_simple(θ; x_f, c_f) + α·L_simple(θ; x_r, c_r)          (docs/METHODS.md, eq. 7)
 """
 
 from __future__ import annotations

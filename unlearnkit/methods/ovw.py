@@ -1,6 +1,6 @@
 """OVW, the paper's overwrite (as formulated in unlearnkit: the paper's body is not available).
 
-    L_OVW(θ) = ‖ε_θ(x_t, c_f, t) − sg[ε_θ0(x_t, c_a, t)]‖² + λ_help·L_help(θ)          (METHODS.md, `ovw`)
+    L_OVW(θ) = ‖ε_θ(x_t, c_f, t) − sg[ε_θ0(x_t, c_a, t)]‖² + λ_help·L_help(θ)          (docs/METHODS.md, eq. 23)
 
 The forget prompt is taught to predict what the base predicts for its anchor prompt c_a (the concept replaced
 by a neutral one); L_help keeps everything else at the base. `ovw-nohelp` is the same with λ_help = 0.

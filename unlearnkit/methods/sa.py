@@ -1,7 +1,7 @@
 """Selective Amnesia (Heng & Soh 2023): a surrogate for the forget prompt, generative replay, and EWC.
 
-    F_i = E[(∂L_simple/∂θ_i)²] over replay examples                                          (eq. 5)
-    L_SA(θ) = L_simple(θ; x_a, c_f) + γ·L_simple(θ; x_r, c_r) + λ·Σ_i F_i (θ_i − θ0_i)²         (eq. 6)
+    F_i = E[(∂L_simple/∂θ_i)²] over replay examples                               (docs/METHODS.md, eq. 13)
+    L_SA(θ) = L_simple(θ; x_a, c_f) + γ·L_simple(θ; x_r, c_r) + λ·Σ_i F_i (θ_i − θ0_i)²         (eq. 15)
 
 The surrogate image for a forget prompt is its anchor image x_a (the concept replaced by a neutral one).
 """
@@ -32,7 +32,7 @@ class SAConfig(UnlearnConfig):
 def diagonal_fisher(ctx, cfg: SAConfig) -> list[torch.Tensor]:
     """F_i = mean over `cfg.fisher_samples` replay examples of (∂L_simple/∂θ_i)², one example per backward pass.
 
-    Heng & Soh 2023, eq. 5 (empirical Fisher of the diffusion loss) on the retain data. Returns a list aligned
+    Heng & Soh 2023; docs/METHODS.md, eq. 13 (empirical Fisher of the diffusion loss) on the retain data. Returns a list aligned
     with `ctx.params`, every entry >= 0. Cached under what it depends on: the base, the model that made the data,
     the retain prompts, the parameter set (and LoRA's), the sample count and the seed (`ctx.cache_dir=False`
     turns the cache off).

@@ -8,7 +8,7 @@ Stay at the base on retain data (L_help) subject to a forgetting constraint g(θ
 - "overwrite" (the default): g = L_ovw − τ, L_ovw = ‖ε_θ(x_t, c_f) − sg[ε_θ0(x_t, c_a)]‖² (OVW's term): the forget
   prompt must predict what the base predicts for the anchor, to within τ (tau_mult < 1). The Lagrangian
   λ·L_help + μ(L_ovw − τ) is OVW with a multiplier that grows while the bound is violated and fades once it holds.
-- "forget-loss" (METHODS.md): g = τ − L_F, L_F = L_simple on the forget data: push the denoising loss up to τ
+- "forget-loss" (docs/METHODS.md, eq. 19): g = τ − L_F, L_F = L_simple on the forget data: push the denoising loss up to τ
   (tau_mult > 1). Measured: it does not remove a style (the loss rises, the style stays; docs/RESULTS.md).
 - "esd": g = L_ESD − τ, L_ESD = ESD's regression onto the negatively guided target (η = 1), to within τ.
 

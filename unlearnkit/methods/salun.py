@@ -1,7 +1,7 @@
 """SalUn (Fan et al. 2024): random relabelling, on the weights most salient for the forget loss only.
 
-    m = 1[|∇_θ L_simple(θ; x_f, c_f)| ≥ the (1 − ratio) quantile]                         (eq. 7)
-    L_SalUn(θ) = ‖ε_θ(x_t^f, c_f, t) − sg[ε_θ(x_t^f, c_rand, t)]‖² + α·L_simple(θ; x_r, c_r)   (eq. 8)
+    m = 1[|∇_θ L_simple(θ; x_f, c_f)| ≥ the (1 − ratio) quantile]              (docs/METHODS.md, eq. 10)
+    L_SalUn(θ) = ‖ε_θ(x_t^f, c_f, t) − sg[ε_θ(x_t^f, c_rand, t)]‖² + α·L_simple(θ; x_r, c_r)   (eq. 11)
 
 and θ ← θ − lr·(m ⊙ ∇L): the loop multiplies the gradients by m (`mask_gradients`). c_rand is the forget
 prompt relabelled by the task (`Task.relabel`: another concept of the same kind on the embedded world).

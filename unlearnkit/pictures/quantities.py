@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler
+from ..backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler, with_unet
 from ..data import cached_sample_pairs
-from ..losses import esd_target
+from ..losses import add_noise, esd_target
 from ..train import Snapshots  # noqa: F401  (the callback lives with the loop; kept here for the notebooks)
 
 
@@ -62,9 +62,10 @@ class _Noised:
         x0 = encode_images(base, cached_sample_pairs(base, [prompt], [seed], steps, guidance_scale, cache_dir))
         self.sched = training_scheduler(base)
         self.t = torch.tensor(list(timesteps), device=device)
-        self.a = self.sched.alphas_cumprod.to(device)[self.t].view(-1, 1, 1, 1)
+        alphas = self.sched.alphas_cumprod.to(device)
+        self.a = alphas[self.t].view(-1, 1, 1, 1)
         noise = torch.randn((len(self.t), *x0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(device)
-        self.x_t = self.a.sqrt() * x0 + (1 - self.a).sqrt() * noise
+        self.x_t = add_noise(alphas, x0, noise, self.t)
 
     def predict(self, pipe, prompt):
         pipe = getattr(pipe, "pipeline", pipe)  # an UnlearnResult or a pipeline
@@ -126,8 +127,7 @@ def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guida
         if 0 < k < total:
             unet = copy.deepcopy(base.unet)
             unet.load_state_dict({n: w.to(pipeline_device(base)) for n, w in weights.items()}, strict=False)
-            pipe = type(base)(**{**base.components, "unet": unet})
-            pipe.set_progress_bar_config(disable=True)
+            pipe = with_unet(base, unet)
             columns[k] = sample(pipe, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale, progress=False)
     columns[total] = sample(result.pipeline, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale,
                             progress=False)
