@@ -125,7 +125,7 @@ def main(argv=None):
         nonlocal pipe
         words = task.forget_prompts + task.retain_prompts + task.anchor_prompts + [""]
         pipe = build_tiny_sd(words, image_size=image_size, shape=shape).to(device)
-        r = uk.unlearn(pipe, task, "esd-x", steps=1, **common)  # generates and caches the data; warms the kernels
+        r = uk.unlearn(pipe, task, "esd-x", steps=1, x_t="data", **common)  # generates and caches the data; warms the kernels
         return {"unet_params_m": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 1),
                 "loss": r.history[-1]["loss"]}
 

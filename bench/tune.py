@@ -22,13 +22,16 @@ from pathlib import Path
 import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
-from unlearnkit.methods import make_config
+from unlearnkit.methods import make_config, method_code_hash
 from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, format_ci
 
 GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
     "salun": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
     "sa": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
+    "uce": [{}, {"lamb": 0.1}, {"erase_scale": 3.0}],  # a closed form: its knobs are how hard it stays and erases
+    "ca": [{}, {"lr": 3e-4}, {"lr": 3e-3}],
+    "ca-noise": [{}, {"lr": 3e-4}, {"lr": 3e-3}],
     "saddle": [{"constraint": "forget-loss", "tau_mult": m} for m in (2.0, 5.0, 10.0)],
     "ovw": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
 }
@@ -119,17 +122,21 @@ def main(argv=None):
     lpips = LPIPSDistance()
     # what the rows depend on besides the method's config: a changed profile runs them again
     setting = {"method_overrides": P.method_overrides, **P.evaluation}
+    if P.method_settings:
+        setting["method_settings"] = P.method_settings
     for name in args.methods.split(","):
         if name not in grid:
             raise SystemExit(f"--methods: unknown {name!r}; choose from {', '.join(grid)}")
         m = "saddle" if name == "saddle-forms" else name
+        code = method_code_hash(m)  # a row measured another version of the method: run again
         for cfg in grid[name]:
-            if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting for r in rows):
+            if any(r["method"] == m and r["overrides"] == cfg and r.get("profile") == setting and r.get("code") == code
+                   for r in rows):
                 continue
             t = time.time()
             run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, use_tuned=False, **cfg)
             r = uk.evaluate(base, run.pipeline, task, lpips=lpips, cache_dir=args.cache, progress=False, **P.evaluation)
-            rows.append({"method": m, "overrides": cfg, "profile": setting, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
+            rows.append({"method": m, "overrides": cfg, "profile": setting, "code": code, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
                          "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
                          "train_seconds": run.seconds, "seconds": time.time() - t})
             tmp = out.with_suffix(".tmp")
@@ -138,7 +145,8 @@ def main(argv=None):
             print(json.dumps(rows[-1]), flush=True)
     print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in (g for g in grid if g != "saddle-forms"):
-        mine = [r for r in rows if r["method"] == m and r.get("profile") == setting]
+        # rows of another version of the method (or from before rows kept its code) stay in the JSON, unpicked
+        mine = [r for r in rows if r["method"] == m and r.get("profile") == setting and r.get("code") == method_code_hash(m)]
         if args.forget:  # rows of an earlier grid stay in the JSON, but the pick is made within today's grid
             mine = [r for r in mine if r["overrides"] in grid[m]]
         if not mine:

@@ -80,7 +80,7 @@ def test_a_crash_during_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypa
 def _unlearn_cmd(model, out):
     return [sys.executable, "-m", "unlearnkit", "unlearn", "--model", str(model), "--task", "object",
             "--method", "esd-u", "--out", str(out), "--device", "cpu", "--json",
-            "--set", "steps=60", "--set", "checkpoint_every=3", "--set", "batch_size=2", "--set", "data_steps=2"]
+            "--set", "steps=60", "--set", "checkpoint_every=3", "--set", "x_t=data", "--set", "batch_size=2", "--set", "data_steps=2"]
 
 
 def test_sigkill_then_the_same_command_resumes_bit_identically(tiny_pipe, tmp_path):

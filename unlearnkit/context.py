@@ -137,6 +137,15 @@ class StepContext:
         t = torch.randint(0, self.num_timesteps, (n,), generator=gen).to(self.device)
         return Draw(idx, noise, t, self.add_noise(x0[idx], noise, t), self.target(x0[idx], noise, t))
 
+    def draw_rows(self, which: str, idx: torch.Tensor, generator: torch.Generator | None = None) -> Draw:
+        """The rows `idx` of the 'forget' or 'retain' data, noised: noise and timesteps from `generator` (default the
+        method's)."""
+        x0 = self.x_f if which == "forget" else self.x_r
+        gen, n = generator or self._gen, len(idx)
+        noise = torch.randn((n, *x0.shape[1:]), generator=gen).to(self.device)
+        t = torch.randint(0, self.num_timesteps, (n,), generator=gen).to(self.device)
+        return Draw(idx, noise, t, self.add_noise(x0[idx], noise, t), self.target(x0[idx], noise, t))
+
     def null(self, n: int) -> torch.Tensor:
         """The empty prompt's embedding, n times."""
         return self.e_null.expand(n, -1, -1)

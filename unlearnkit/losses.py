@@ -82,19 +82,30 @@ def salun_loss(forget_pred: torch.Tensor, random_target: torch.Tensor, retain_pr
 
 
 def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
-    """SalUn's weight-saliency mask m = 1[|∇θ L_F| ≥ the (1 − ratio) quantile over all parameters] (docs/METHODS.md, eq. 10).
-
-    Returns a {name: bool tensor} that keeps the `ratio` share of parameters with the largest |gradient|.
+    """SalUn's weight-saliency mask (docs/METHODS.md, eq. 10): exactly int(ratio·N) of the N weights, those with the
+    largest |gradient|, ranked over all tensors at once (OPTML-Group/Unlearn-Saliency, SD/train-scripts/
+    generate_mask.py lines 84-104, commit a6e89fd). Ties at the threshold are kept in flattened order, as many as
+    the count allows (the authors': argsort's order). Returns {name: bool tensor}.
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"saliency ratio must be in (0, 1], got {ratio}")
     flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
-    k = max(1, int(round(ratio * flat.numel())))
+    k = max(1, int(ratio * flat.numel()))
     # the k-th largest |gradient|, by selection: topk(k) would keep k values and k int64 indices (5 GiB for
     # half of SD's 860M weights), kthvalue keeps one
     threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    ties = k - int((flat > threshold).sum())  # weights equal to the threshold that still fit
     del flat
-    return {name: g.abs().float() >= threshold for name, g in grads.items()}
+    mask = {}
+    for name, g in grads.items():
+        a = g.abs().float()
+        m, tie = a > threshold, a == threshold
+        if ties > 0 and tie.any():
+            order = tie.flatten().cumsum(0).view_as(tie)  # 1, 2, ... over this tensor's ties, in flattened order
+            m |= tie & (order <= ties)
+            ties -= int(min(ties, int(tie.sum())))
+        mask[name] = m
+    return mask
 
 
 EWC_CHUNK = 2**26  # elements per group of parameter tensors the EWC penalty works on at once (256 MB in fp32)

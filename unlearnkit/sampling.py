@@ -118,29 +118,48 @@ def sample(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int
                         guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)
 
 
-@torch.no_grad()
-def partial_sample(unet, pipe, cond: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ESD's x_t: DDIM-sample from `noise` with `cond` until each image reaches its timestep.
+def esd_stop_index(t: torch.Tensor, ddim_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """ESD's DDIM stop index t_enc for each UNet timestep t: the k with round(k/S·T) <= t < round((k+1)/S·T). The
+    authors draw t_enc ~ U{0..S−1}, then t uniform in that bin (rohitgandikota/erasing, train-scripts/train-esd.py
+    lines 226-231, commit b8aeab6d); for S dividing T (50 and 1000) a uniform t and this t_enc have the same law."""
+    edges = torch.tensor([round(k / ddim_steps * num_train_timesteps) for k in range(1, ddim_steps)], device=t.device)
+    return torch.bucketize(t, edges, right=True)
 
-    Returns (x_t, t): the partially denoised batch and the schedule timestep each image stopped at
-    (the first one at or below the requested timestep).
+
+@torch.no_grad()
+def esd_partial_ddim(unet, alphas_cumprod: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                     start_code: torch.Tensor, t_enc: torch.Tensor, ddim_steps: int = 50, guidance_scale: float = 3.0,
+                     prediction_type: str = "epsilon") -> torch.Tensor:
+    """ESD's x_t as its authors draw it: DDIM (eta 0) from `start_code` with `unet` (the model being trained),
+    classifier-free guidance `guidance_scale` under `cond`, each row stopped by its `t_enc`.
+
+    The CompVis chain of rohitgandikota/erasing (train-scripts/train-esd.py lines 205-207, 237 and
+    ldm/models/diffusion/ddim.py lines 135-196, commit b8aeab6d4b6b613b88ad0bf219e3697c79003838), quirks kept:
+    the DDIM timesteps are range(0, T, T//S) + 1 without the last one, so the chain starts at 961 (S = 50) and
+    stops after the step whose index + 1 equals t_enc (it runs 50 − t_enc steps; 49 for t_enc = 0). A
+    v-prediction UNet's guided output is turned into ε = √ᾱ_t v + √(1−ᾱ_t) x (exact) before the unchanged update.
+    Returns x_t [N, C, H, W]; rows are independent (each its own t_enc).
     """
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
-    x = noise * scheduler.init_noise_sigma
-    reached = torch.full_like(timesteps, int(scheduler.timesteps[0]))
-    e = torch.cat([uncond.expand(len(x), -1, -1), cond])
-    for t in scheduler.timesteps:
-        active = timesteps < t  # images whose target timestep lies further down the chain
+    T = alphas_cumprod.shape[0]
+    ac = alphas_cumprod.float().to(start_code.device)
+    ddim_ts = torch.arange(0, T, T // ddim_steps) + 1
+    alphas, alphas_prev = ac[ddim_ts], torch.cat([ac[:1], ac[ddim_ts[:-1]]])
+    timesteps = ddim_ts[:-1]
+    x, n = start_code, len(start_code)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    till = t_enc.to(x.device)
+    e = torch.cat([uncond.expand(n, -1, -1), cond])
+    for i, step in enumerate(torch.flip(timesteps, [0]).tolist()):
+        index = len(timesteps) - i - 1
+        ts = torch.full((2 * n,), step, device=x.device, dtype=torch.long)
+        e_uncond, e_cond = unet(torch.cat([x, x]), ts, e).sample.float().chunk(2)
+        e_t = e_uncond + guidance_scale * (e_cond - e_uncond)
+        a_t, a_prev = alphas[index], alphas_prev[index]
+        if prediction_type == "v_prediction":
+            e_t = a_t.sqrt() * e_t + (1 - a_t).sqrt() * x
+        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
+        x = torch.where(active.view(-1, 1, 1, 1), a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t, x)
+        active = active & (till != index + 1)  # ddim.py lines 194-195: stop after this step
         if not active.any():
             break
-        pred = unet(torch.cat([x, x]), t, e).sample
-        pred_uncond, pred_cond = pred.chunk(2)
-        pred = pred_uncond + guidance_scale * (pred_cond - pred_uncond)
-        prev = scheduler.step(pred, t, x).prev_sample
-        x = torch.where(active.view(-1, 1, 1, 1), prev, x)
-        nxt = t - scheduler.config.num_train_timesteps // steps
-        reached = torch.where(active, torch.clamp(torch.as_tensor(nxt), min=0).to(reached), reached)
-    return x, reached
+    return x

@@ -178,7 +178,9 @@ def _unets(pipe, cfg, options, accelerator):
     if cfg.steps == 0:  # a closed-form method: no optimiser
         return accelerator.prepare(unet), base_unet, trainable, None
     device = accelerator.device
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type == "cuda")  # fused: one kernel per step on CUDA
+    fused = device.type == "cuda"  # one kernel per step on CUDA
+    optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+                 if cfg.optimizer == "adamw" else torch.optim.Adam(params, lr=cfg.lr, fused=fused))
     unet, optimizer = accelerator.prepare(unet, optimizer)
     return unet, base_unet, trainable, optimizer
 

@@ -1,7 +1,8 @@
-"""Re-record the 3-step losses of the runs that use L_help (tests/data/losses_recorded.json).
+"""Record the 3-step losses of the cases marked "re-record" in tests/data/losses_recorded.json.
 
-The runs without L_help keep the numbers recorded with the loop of commit d7829e0. The runs with it were re-recorded
-when L_help got a generator of its own (its retain draws no longer move the method's forget batches):
+The other cases keep the numbers recorded with the loop of commit d7829e0 (runs without L_help) or when L_help got
+its own generator (runs with it; 2026-12-01). Cases re-recorded when the baselines became their authors'
+(2026-12-01): ESD's sampled x_t and ESD-u's set, SalUn's mask (guided, its own draws), SA's Fisher, UCE, CA.
     .venv/bin/python tests/scripts/record_losses.py
 """
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import torch
 
 import unlearnkit as uk
-from unlearnkit.methods import make_config
 from unlearnkit.models import build_pipeline
 
 PATH = Path(__file__).parents[1] / "data" / "losses_recorded.json"
@@ -21,12 +21,13 @@ torch.set_num_threads(2)
 task = replace(uk.get_task("object").head(3, 4), name="object-small")
 cases = json.loads(PATH.read_text())
 for case in cases:
-    if not make_config(case["method"], **case["overrides"]).help_weight:
+    if case.get("recorded") != "re-record":
         continue
-    result = uk.unlearn(build_pipeline("tiny", seed=0), task, case["method"], steps=3, batch_size=2, data_steps=2,
-                        progress=False, **case["overrides"])
+    steps = {} if uk.methods.make_config(case["method"], **case["overrides"]).steps == 0 else {"steps": 3}
+    result = uk.unlearn(build_pipeline("tiny", seed=0), task, case["method"], batch_size=2, data_steps=2,
+                        progress=False, **steps, **case["overrides"])
     case["history"] = result.history
     case["weight_sum"] = sum(float(p.double().sum()) for p in result.pipeline.unet.parameters())
-    case["recorded"] = "re-recorded: L_help's own generator"
-    print(case["method"], case["overrides"], [round(h["loss"], 6) for h in result.history])
+    case["recorded"] = "2026-12-01, the authors' baselines"
+    print(case["method"], case["overrides"], [round(h["loss"], 6) for h in result.history], flush=True)
 PATH.write_text(json.dumps(cases, indent=1) + "\n")

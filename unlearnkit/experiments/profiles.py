@@ -13,6 +13,8 @@ from ..tasks import Task
 class Profile:
     name: str
     method_overrides: dict = field(default_factory=dict)  # applied to every method's config
+    # {method: overrides} for one method's own fields, where a profile's budget differs from its authors' recipe
+    method_settings: dict = field(default_factory=dict)
     eval_seeds: tuple = (0, 1)  # seeds of the retention metric
     max_retain: int | None = 40  # retain prompts evaluated (neighbour concept first)
     max_forget: int | None = None  # forget prompts kept in the task (None: all)
@@ -59,19 +61,28 @@ class Profile:
         return {"seeds": list(self.eval_seeds), "max_retain": self.max_retain, **self.sampler}
 
 
+# the authors' costly parts, sized per profile (docs/RESULTS.md, "Cost"): SA's Fisher sums 1000 timesteps per replay
+# example (the authors average 5000 examples on SD; measured here: ~1-2 min an example of the embedded base on 2
+# cores); ESD samples x_t by up to 49 guided DDIM steps of the trained model per step. The smoke profile only checks
+# that the notebooks run: there SA takes the kit's one-t Fisher and ESD noises the data (`x_t="data"`), said here.
+SMOKE_CHEAP = {"sa": dict(fisher="one-t"), "esd-x": dict(x_t="data"), "esd-u": dict(x_t="data")}
+
 PROFILES = {
     "smoke": Profile("smoke", method_overrides=dict(steps=2, batch_size=2, data_steps=2, data_seeds=1),
+                     method_settings=SMOKE_CHEAP,
                      eval_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,),
                      attack_settings=dict(steps=2, batch_size=2, data_seeds=1, data_steps=2, seeds=(0,),
                                           sample_steps=2)),
     # 10 DDIM steps for data and evaluation: half the sampling time of 20, object accuracy 91% vs 95% (README);
     # 50 optimiser steps and one evaluation seed (40 retain + 25-30 forget images per method) kept the paper's
     # notebooks (13 unlearning runs) within 20 min on 2 cores; about 24 since notebook 00's yellow section
-    "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), eval_seeds=(0,), sample_steps=10),
+    "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50), method_settings={"sa": dict(fisher_samples=4)},
+                   eval_seeds=(0,), sample_steps=10),
     # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt. `unlearnkit reproduce
     # --profile full --only 10` writes figures/table1_full.* (23 min on 2 cores, 2026-11-30), resumable through the
     # run cache; the other notebooks on it are not timed
-    "full": Profile("full", method_overrides=dict(data_steps=10), eval_seeds=(0, 1), max_retain=None, sample_steps=10),
+    "full": Profile("full", method_overrides=dict(data_steps=10), method_settings={"sa": dict(fisher_samples=8)},
+                    eval_seeds=(0, 1), max_retain=None, sample_steps=10),
     "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2),
                    attack_settings=dict(steps=300, data_seeds=2, data_steps=20, seeds=(0, 1, 2, 3), sample_steps=20)),
 }

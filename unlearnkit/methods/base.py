@@ -41,19 +41,22 @@ Defaults are sized for the embedded model on 2 CPU cores; the original papers' S
 from __future__ import annotations
 
 import hashlib
-import inspect
-import marshal
 import re
 import sys
-from dataclasses import dataclass, fields
+import types
+from dataclasses import dataclass, fields, is_dataclass
 
-# what trains, by parameter name: every parameter, the cross-attention only (ESD-x), all but it (ESD-u), the
+# what trains, by parameter name: every parameter, the cross-attention only (ESD-x), all but it, ESD-u's set, the
 # cross-attention's key and value projections (UCE's closed-form edit), or the LoRA adapters. Any other set:
 # params="re:<regex>", the parameters whose names the regex matches (re.search).
 PARAM_SETS = {
     "full": lambda name: True,
     "xattn": lambda name: "attn2" in name,
     "non-xattn": lambda name: "attn2" not in name,
+    # ESD-u as its authors train it: all but the cross-attention, the time embedding and the output layers
+    # (rohitgandikota/erasing, train-scripts/train-esd.py lines 163-168: 'attn2', 'time_embed', 'out.' excluded)
+    "esd-u": lambda name: ("attn2" not in name and "time_embed" not in name
+                           and not name.startswith(("conv_norm_out.", "conv_out."))),  # CompVis out. = these two
     "xattn-kv": lambda name: re.search(r"attn2\.to_[kv]\.", name) is not None,
     "lora": lambda name: "lora_" in name,
 }
@@ -81,7 +84,9 @@ class UnlearnConfig:
     """Fields every method shares: what a run learns (its identity; how it runs is `train.RunOptions`)."""
 
     steps: int = 100  # optimiser steps; 0: a closed-form method, whose `prepare` is the whole edit
-    lr: float = 1e-4  # Adam learning rate
+    lr: float = 1e-4  # learning rate
+    optimizer: str = "adam"  # 'adam' or 'adamw' (decoupled weight decay, `weight_decay`)
+    weight_decay: float = 0.0  # with optimizer="adamw": its decoupled weight decay
     batch_size: int = 8  # forget (and retain) examples per step
     params: str = "full"  # what trains: a name of PARAM_SETS, or 're:<regex>' over parameter names
     lora_rank: int = 4  # with params="lora": the adapters' rank r (lora_alpha = r, so their scale is 1)
@@ -104,6 +109,10 @@ class UnlearnConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
+        if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adamw"):
+            raise ValueError(f"weight_decay={self.weight_decay} needs optimizer='adamw' and a value >= 0")
         if self.help_weight < 0 or self.help_uncond_weight < 0:
             raise ValueError("help_weight and help_uncond_weight must be >= 0")
         param_predicate(self.params)
@@ -224,26 +233,52 @@ def make_method(method: str, **overrides) -> Method:
     return cls(make_config(method, **overrides))
 
 
-def _code_of(obj) -> bytes:
-    # a class's or module's source; where there is none (a class typed into a REPL), its functions' byte code
-    try:
-        return inspect.getsource(obj).encode()
-    except (OSError, TypeError):
-        funcs = [v for v in vars(obj).values() if hasattr(v, "__code__")] if isinstance(obj, type) else []
-        return b"".join(marshal.dumps(f.__code__) for f in funcs) + repr(sorted(vars(obj))).encode()
+def _digest(h, obj, seen) -> None:
+    # what a function, class or module level value *does*, as loaded (not the file on disk, which a running
+    # kernel may not have re-imported): byte code, constants, names; line numbers and comments left out
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if isinstance(obj, property):
+        for f in (obj.fget, obj.fset):
+            if f is not None:
+                _digest(h, f, seen)
+        return
+    code = getattr(obj, "__code__", obj)
+    if isinstance(code, types.CodeType):
+        h.update(code.co_code)
+        h.update(repr((code.co_names, code.co_varnames)).encode())
+        for c in code.co_consts:
+            _digest(h, c, seen) if isinstance(c, types.CodeType) else h.update(repr(c).encode())
+        h.update(repr(getattr(obj, "__defaults__", None)).encode())
+    elif isinstance(obj, type):
+        h.update(obj.__qualname__.encode())
+        if is_dataclass(obj):
+            h.update(repr([(f.name, f.default) for f in fields(obj)]).encode())
+        for name, value in sorted(vars(obj).items()):
+            if callable(value) or isinstance(value, (staticmethod, classmethod, property)):
+                h.update(name.encode())
+                _digest(h, value, seen)
+            elif not name.startswith("__"):
+                h.update(f"{name}={value!r}".encode())
 
 
 def method_code_hash(method: str) -> str:
-    """A hash of `method`'s code: the source of the module that defines its class (helpers beside it included), of
-    each base class up to `Method`, and of its config class and theirs. Part of a run's identity."""
+    """A hash of `method`'s code as loaded: its class and each base class up to `Method`, its config class and
+    theirs, and the functions and constants of the modules that define them (helpers beside a method count).
+    Part of a run's identity: editing a method (and importing it again) makes `run_method` train it again."""
     cls, _ = METHODS[canonical(method)]
-    parts, seen = [], set()
+    h, seen = hashlib.sha1(), set()
     for klass in [*cls.__mro__, *cls.config_class.__mro__]:
-        if klass in (Method, UnlearnConfig, object) or klass in seen:
+        if klass in (Method, UnlearnConfig, object):
             continue
-        seen.add(klass)
+        _digest(h, klass, seen)
         module = sys.modules.get(klass.__module__)
-        source = _code_of(module) if module is not None and module.__name__ != "__main__" else b""
-        parts.append(source or _code_of(klass))
-        parts.append(_code_of(klass))
-    return hashlib.sha1(b"\0".join(parts)).hexdigest()[:16]
+        for name, value in sorted(vars(module).items()) if module is not None else ():
+            if getattr(value, "__module__", None) == klass.__module__ and (callable(value) or isinstance(value, type)):
+                _digest(h, value, seen)
+            elif isinstance(value, (int, float, str, tuple, dict)) and not name.startswith("__"):
+                h.update(f"{name}={value!r}".encode())
+    return h.hexdigest()[:16]
