@@ -3,14 +3,9 @@
 The methods live in `tests/user_methods.py`, a file of one's own; each test registers them afresh (a fixture) and
 removes them afterwards, so the kit's own parametrised tests never see them.
 
-- `uce-lite`, UCE-style closed-form editing (Gandikota et al. 2024, "Unified Concept Editing", eq. 7, simplified):
-  each cross-attention key / value projection W becomes the least-squares solution of
-      min_W' Σ_i ‖W' c_i − W c*_i‖² + λ_p Σ_j ‖W' p_j − W p_j‖² + λ_r ‖W' − W‖²_F
-      W' = (W C*ᵀC + λ_p W PᵀP + λ_r W)(CᵀC + λ_p PᵀP + λ_r I)⁻¹
-  with c_i the forget prompts' token embeddings, c*_i their anchors', p_j the retain prompts'. `steps=0`: the edit
-  in `prepare` is the whole method (no images, no optimiser, no backward).
-- `ca-lite`, Concept Ablation's model-based loss (Kumari et al. 2023, eq. 3): ‖ε_θ(x_t^a, c_f) − sg[ε_θ(x_t^a, c_a)]‖²
-  on anchor images, the target from the *current* model (`ctx.current`), not the frozen base.
+`uce-lite` is a closed-form edit (`steps=0`: no images, no optimiser, no backward), `ca-lite` takes its target from
+the *current* model (`ctx.current`); their equations are in that file. The kit's own UCE and Concept Ablation
+(`methods/uce.py`, `methods/ca.py`) are tested against their authors' code in tests/test_parity.py.
 """
 
 import importlib.util

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..experiments.profiles import Profile
-from ..experiments import profile as get_profile
+from ..experiments.profiles import profile as get_profile
 
 
 def profile(name: str = "cpu") -> Profile:
@@ -21,6 +21,7 @@ def setup(profile_name: str = "cpu", device: str = "auto"):
 
     P = profile(profile_name)
     base = load_base(device=device)
-    print(f"profile {P.name}: {P.method_overrides or 'method defaults'}; evaluation {P.evaluation}; "
+    per_method = f"; per method {P.method_settings}" if P.method_settings else ""
+    print(f"profile {P.name}: {P.method_overrides or 'method defaults'}{per_method}; evaluation {P.evaluation}; "
           f"base on {base.device}")
     return P, base, LPIPSDistance().to(base.device)

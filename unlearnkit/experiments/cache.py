@@ -28,7 +28,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     """`unlearn` with the profile's settings and the task's tuned config (`TUNED`; `use_tuned=False` for the
     method's defaults), cached on disk: a second call with the same arguments loads the UNet.
 
-    The cache keys on the run's identity (`train.run_identity`): base, task, method, config, a hash of the method's
+    The cache keys on the run's identity (`run.run_identity`): base, task, method, config, a hash of the method's
     code (editing a method trains it again), training data and stopping rule; not on run options (`compile`,
     `gradient_checkpointing`, ... in `overrides`). `snapshots`: fractions of the steps (e.g. (0.25, 0.5)) after
     which the trained weights are kept too, in `result.snapshots` (cached beside the weights; a cached run without

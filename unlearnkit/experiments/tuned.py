@@ -10,8 +10,10 @@ FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddl
                   "ovw-nohelp": "OVW w/o L_help"}
 
 
-# Table 1's extra rows beyond the paper's columns: L_help switched on for a baseline (the kit's own addition)
-TABLE_EXTRAS = {"ESD + L_help": ("esd-x", {"help_weight": 1.0})}
+# Table 1's extra rows beyond the paper's columns: L_help switched on for a baseline (the kit's own addition), and the
+# baselines every benchmark now includes (UCE's closed form; Concept Ablation, model- and noise-based)
+TABLE_EXTRAS = {"ESD + L_help": ("esd-x", {"help_weight": 1.0}), "UCE": ("uce", {}), "CA": ("ca", {}),
+                "CA (noise)": ("ca-noise", {})}
 
 
 # Per-task configs picked by `bench/tune.py` on the cpu profile: every method gets the same budget (its default and

@@ -33,7 +33,7 @@ the `unlearnkit.methods` entry-point group):
             return lambda out: losses.regression_loss(out[pred], out[cond].neg())
 
 A run's identity is its method's name, its config and a hash of its code (`method_code_hash`): editing a method
-makes `run_method` train it again. How a run executes (device, precision, checkpoints) is `train.RunOptions`.
+makes `run_method` train it again. How a run executes (device, precision, checkpoints) is `run.RunOptions`.
 Defaults are sized for the embedded model on 2 CPU cores; the original papers' Stable Diffusion settings are in
 `SD_DEFAULTS` (and in the comments).
 """
@@ -81,7 +81,7 @@ def param_predicate(params: str):
 
 @dataclass
 class UnlearnConfig:
-    """Fields every method shares: what a run learns (its identity; how it runs is `train.RunOptions`)."""
+    """Fields every method shares: what a run learns (its identity; how it runs is `run.RunOptions`)."""
 
     steps: int = 100  # optimiser steps; 0: a closed-form method, whose `prepare` is the whole edit
     lr: float = 1e-4  # learning rate
@@ -207,7 +207,7 @@ def canonical(method: str) -> str:
     return name
 
 
-# fields that moved from a method's config to train.RunOptions (how a run executes, not what it learns), and the
+# fields that moved from a method's config to run.RunOptions (how a run executes, not what it learns), and the
 # stopping rule that replaced a config field
 RUN_OPTION_FIELDS = ("mixed_precision", "gradient_checkpointing", "checkpoint_every")
 MOVED = {"until_forgotten": "until_forgotten is a stopping rule now: pass stop=unlearnkit.until_forgotten(N) to "
