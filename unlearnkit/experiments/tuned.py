@@ -16,6 +16,10 @@ TABLE_EXTRAS = {"ESD + L_help": ("esd-x", {"help_weight": 1.0}), "UCE": ("uce", 
                 "CA (noise)": ("ca-noise", {})}
 
 
+# NB (2026-12-01): these picks were made with the kit's earlier variants of ESD (x_t="data"), SalUn (conditional mask)
+# and SA (one-t Fisher); the baselines now default to their authors' variants and the sweep with them has only their
+# defaults so far (bench/tune-{object,style}.json rows with a "code", `python bench/before_after.py`). UCE and CA
+# have no pick yet: their defaults run.
 # Per-task configs picked by `bench/tune.py` on the cpu profile: every method gets the same budget (its default and
 # two values of its main knob) and the same rule (lowest lpips_ret among configs with forget_rate <= 0.2).
 # Empty: the method's default won. Variants keep their parent's pick (OVW w/o L_help = OVW's config, no L_help).
