@@ -76,8 +76,9 @@ def test_two_processes_checkpoint_every_ranks_generator(tmp_path):
 
     _unlearn_two_procs(tmp_path, "ovw", "2", str(tmp_path / "run"))
     generators = load_checkpoint(tmp_path / "run" / "checkpoint.pt", expect="unlearn")["generator"]
-    assert isinstance(generators, (list, tuple)) and len(generators) == 2
-    assert not torch.equal(generators[0], generators[1])
+    # one entry per process, each the states of its two generators (the method's draws, L_help's)
+    assert isinstance(generators, (list, tuple)) and len(generators) == 2 and all(len(g) == 2 for g in generators)
+    assert not torch.equal(generators[0][0], generators[1][0]) and not torch.equal(generators[0][1], generators[1][1])
 
 
 def test_pipeline_fingerprint_is_the_same_in_every_process():
