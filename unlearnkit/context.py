@@ -129,13 +129,9 @@ class StepContext:
         draws)."""
         if which not in ("forget", "retain"):
             raise ValueError(f"ctx.draw({which!r}): draw 'forget' or 'retain'")
-        x0 = self.x_f if which == "forget" else self.x_r
         gen = generator or self._gen
-        n = n or self.config.batch_size
-        idx = torch.randint(0, len(x0), (n,), generator=gen)
-        noise = torch.randn((n, *x0.shape[1:]), generator=gen).to(self.device)
-        t = torch.randint(0, self.num_timesteps, (n,), generator=gen).to(self.device)
-        return Draw(idx, noise, t, self.add_noise(x0[idx], noise, t), self.target(x0[idx], noise, t))
+        rows = len(self.x_f if which == "forget" else self.x_r)
+        return self.draw_rows(which, torch.randint(0, rows, (n or self.config.batch_size,), generator=gen), gen)
 
     def draw_rows(self, which: str, idx: torch.Tensor, generator: torch.Generator | None = None) -> Draw:
         """The rows `idx` of the 'forget' or 'retain' data, noised: noise and timesteps from `generator` (default the
