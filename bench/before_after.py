@@ -16,7 +16,7 @@ from unlearnkit.methods import method_code_hash
 
 GRIDS = {"esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}], "salun": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
          "sa": [{}, {"lr": 3e-5}, {"lr": 3e-4}]}
-NEW = ("uce", "ca", "ca-noise")
+NEW = ("uce", "ca", "ca-noise", "fmn")
 CPU = {"data_steps": 10, "steps": 50}
 
 

@@ -44,7 +44,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="object")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--methods", default="esd-x,salun,sa,saddle,ovw,ovw-nohelp,uce,ca,ca-noise")
+    ap.add_argument("--methods", default="esd-x,salun,sa,saddle,ovw,ovw-nohelp,uce,ca,ca-noise,fmn")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     out = Path(args.out or f"bench/cost-{args.task}.json")

@@ -32,6 +32,7 @@ GRID = {
     "uce": [{}, {"lamb": 0.1}, {"erase_scale": 3.0}],  # a closed form: its knobs are how hard it stays and erases
     "ca": [{}, {"lr": 3e-4}, {"lr": 3e-3}],
     "ca-noise": [{}, {"lr": 3e-4}, {"lr": 3e-3}],
+    "fmn": [{}, {"lr": 1e-5}, {"lr": 1e-4}],
     "saddle": [{"constraint": "forget-loss", "tau_mult": m} for m in (2.0, 5.0, 10.0)],
     "ovw": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
 }

@@ -16,7 +16,7 @@ from unlearnkit.methods.uce import uce_edit
 from unlearnkit.sampling import esd_partial_ddim, esd_stop_index
 from unlearnkit.train import select_params
 
-from reference import ca_ref, esd_ref, sa_ref, salun_ref, uce_ref  # tests/reference/
+from reference import ca_ref, esd_ref, fmn_ref, sa_ref, salun_ref, uce_ref  # tests/reference/
 
 
 @pytest.fixture
@@ -199,8 +199,89 @@ def object_task():
 
 
 def test_reference_modules_cite_their_commits():
-    for mod in (esd_ref, salun_ref, sa_ref, uce_ref, ca_ref):
+    for mod in (esd_ref, salun_ref, sa_ref, uce_ref, ca_ref, fmn_ref):
         doc = mod.__doc__
         assert "github.com" in doc or "Source:" in doc
         assert any(len(w.strip(".,():")) == 40 and all(c in "0123456789abcdef" for c in w.strip(".,():"))
                    for w in doc.split()), mod.__name__
+
+
+# Forget-Me-Not (SHI-Labs/Forget-Me-Not, src/train_attn.py at a4a81e82)
+def test_fmn_concept_positions_are_the_authors(tiny):
+    from unlearnkit.methods.fmn import concept_positions
+
+    tok = tiny[0].tokenizer
+    prompts = ["a red triangle, plain style", "a triangle red triangle", "a blue square, wavy style"]
+    word = tok("triangle", add_special_tokens=False).input_ids
+    for pooler in (True, False):
+        ref = torch.cat([fmn_ref.fmn_concept_positions(tok(p, padding="max_length", max_length=tok.model_max_length,
+                                                            truncation=True).input_ids, word, tok.eos_token_id, pooler)
+                         for p in prompts[:2]])
+        assert torch.equal(concept_positions(tok, prompts[:2], "triangle", pooler), ref)
+    with pytest.raises(ValueError, match="does not contain the concept 'triangle'"):
+        concept_positions(tok, prompts, "triangle")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fmn_loss_and_its_gradient_equal_the_authors(tiny, batch):
+    # the reference's processors on one copy, the kit's hooks on another: same inputs, same loss and gradients (at
+    # batch 3 every row has the same positions, where the reference's mask tiling is right)
+    import copy
+
+    from unlearnkit.methods.fmn import AttentionMaps, concept_positions, fmn_loss
+
+    pipe = tiny[0]
+    x, t = _inputs(pipe, batch)
+    prompts = ["a red triangle, plain style"] * batch
+    e = encode_prompts(pipe, prompts).detach()
+    pos = concept_positions(pipe.tokenizer, prompts, "triangle")
+    ref_unet, kit_unet = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.unet)
+    rec = fmn_ref.FMNRecorder()
+    assert rec.install(ref_unet) == 7
+    ref_unet(x, t, e)
+    ref = rec.loss(pos)
+    ref.backward()
+    maps = AttentionMaps(kit_unet)
+    out = kit_unet(x, t, e).sample
+    kit = fmn_loss(maps.take(), pos)
+    kit.backward()
+    assert kit.item() == pytest.approx(ref.item(), rel=1e-5) and kit.item() > 0
+    ref_g = dict(ref_unet.named_parameters())
+    for n, p in kit_unet.named_parameters():
+        if ref_g[n].grad is None:
+            assert p.grad is None or not p.grad.any(), n
+        else:
+            torch.testing.assert_close(p.grad, ref_g[n].grad, rtol=1e-5, atol=1e-7, msg=n)
+    # the hooks leave the UNet's own output alone
+    maps.remove()
+    torch.testing.assert_close(out, pipe.unet(x, t, e).sample, rtol=0, atol=0)
+
+
+def test_fmn_trains_through_the_loop_with_l_help_and_leaves_no_hook(tiny, object_task, monkeypatch):
+    # L_help's inputs share the trained pass with FMN's: the loss picks FMN's rows (out.rows) and equals the
+    # reference's on them
+    import copy
+
+    from unlearnkit.methods.fmn import ForgetMeNot, concept_positions
+
+    pipe, seen = tiny[0], {}
+    real = ForgetMeNot.step
+
+    def spy(self, ctx, forget):
+        seen.setdefault("first", (forget.x_t.clone(), forget.t.clone(), ctx.e_f[forget.idx].clone(),
+                                  [ctx.forget_prompts[i] for i in forget.idx]))
+        return real(self, ctx, forget)
+
+    monkeypatch.setattr(ForgetMeNot, "step", spy)
+    run = uk.unlearn(pipe, object_task, "fmn", steps=2, batch_size=1, data_steps=2, help_weight=1.0, progress=False)
+    x, t, e, prompts = seen["first"]
+    ref_unet, rec = copy.deepcopy(pipe.unet), fmn_ref.FMNRecorder()
+    rec.install(ref_unet)
+    with torch.no_grad():
+        ref_unet(x, t, e)
+    ref = rec.loss(concept_positions(pipe.tokenizer, prompts, "triangle"))
+    assert run.history[0]["help"] == pytest.approx(0.0, abs=1e-12)  # L_help at θ0
+    assert run.history[0]["loss"] == pytest.approx(ref.item(), rel=1e-5)
+    assert all(h["loss"] > 0 for h in run.history) and run.state["layers"] == 7
+    assert not any(m._forward_hooks for m in run.pipeline.unet.modules())
+    assert any(not torch.equal(p, q) for p, q in zip(pipe.unet.parameters(), run.pipeline.unet.parameters()))

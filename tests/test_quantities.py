@@ -92,3 +92,38 @@ def test_explore_draws_a_figure_headless_and_widgets_live(tiny_pipe, object_task
 
     with pytest.raises(ValueError, match="runs is empty"):
         uk.explore(tiny_pipe, {}, object_task, lpips)
+
+
+def test_uce_kv_change_shows_the_erased_token_pulled_to_its_guide(tiny_pipe, object_task):
+    run = uk.unlearn(tiny_pipe, object_task, "uce", progress=False)
+    kv = q.uce_kv_change(tiny_pipe, run, object_task)
+    before, after, kept = kv.values()
+    assert len(before) == 14 and set(before) == set(after) == set(kept)  # 7 cross-attentions × (to_k, to_v)
+    assert all(after[k] < before[k] / 2 for k in before)  # the erase term pulls W'c to Wc*
+    assert all(0 < kept[k] < before[k] for k in before)  # the retain tokens move, less than the erased one did
+    assert all(v == 0 for v in q.uce_kv_change(tiny_pipe, tiny_pipe, object_task)["retain tokens: ‖W'p − Wp‖/‖Wp‖"].values())
+
+
+def test_attention_maps_are_per_layer_and_scaled_per_column(tiny_pipe):
+    import copy
+
+    other = copy.deepcopy(tiny_pipe.unet)
+    with torch.no_grad():
+        for n, p in other.named_parameters():
+            if ".attn2.to_k." in n:
+                p.mul_(0.5)  # flatter attention
+    rows, cols = q.attention_maps({"base": tiny_pipe, "edited": uk.backbone.with_unet(tiny_pipe, other)},
+                                  "a red triangle, plain style", "triangle", steps=2)
+    assert list(rows) == ["base", "edited"] and len(cols) == 7 and cols[0] == "down 1.0"
+    both = torch.stack(list(rows.values()))  # [models, layers, 3, H, W]
+    assert both.shape[:3] == (2, 7, 3) and float(both.min()) >= 0
+    assert torch.allclose(both.amax(dim=(0, 2, 3, 4)), torch.ones(7))  # each column's brightest pixel is 1
+    assert not any(m._forward_hooks for m in tiny_pipe.unet.modules())
+
+
+def test_ca_panel_target_moves_with_the_model(tiny_pipe):
+    rows, cols = q.ca_panel(tiny_pipe, tiny_pipe, "a red triangle, plain style", "a red blob, plain style",
+                            timesteps=(300,), steps=2)
+    assert cols == ["t=300"] and len(rows) == 5
+    first, last = rows["target, first step: base, c_a"], rows["target, last step: unlearned, c_a"]
+    assert torch.equal(first, last)  # the unlearned model is the base here

@@ -43,6 +43,13 @@ class _Fused:
         self.parts.append((x, t, e))
         return len(self.parts) - 1
 
+    def rows(self) -> list[slice]:
+        """Each input's rows in the batched pass, in queue order."""
+        starts = [0]
+        for x, _, _ in self.parts:
+            starts.append(starts[-1] + len(x))
+        return [slice(a, b) for a, b in zip(starts, starts[1:])]
+
     def run(self) -> list[torch.Tensor]:
         if not self.parts:
             return []
@@ -51,18 +58,27 @@ class _Fused:
 
 
 class Outputs:
-    """The outputs of one step's queued passes: `out[handle]`, and `out.help` (L_help, or None)."""
+    """The outputs of one step's queued passes: `out[handle]`, `out.rows(handle)` (where that input's rows sit in
+    its model's one batched pass: for what a method records inside the pass, Forget-Me-Not's attention maps), and
+    `out.help` (L_help, or None)."""
 
-    def __init__(self, parts: dict[str, list], help: torch.Tensor | None = None):
-        self._parts, self.help = parts, help
+    def __init__(self, parts: dict[str, list], help: torch.Tensor | None = None, rows: dict[str, list] | None = None):
+        self._parts, self.help, self._rows = parts, help, rows or {}
 
-    def __getitem__(self, handle: tuple[str, int]) -> torch.Tensor:
+    def _get(self, table, handle):
         try:
             which, i = handle
-            return self._parts[which][i]
+            return table[which][i]
         except (TypeError, ValueError, KeyError, IndexError):
             raise KeyError(f"out[{handle!r}]: index `out` with a handle that ctx.train / ctx.frozen / ctx.current "
                            "returned during this step") from None
+
+    def __getitem__(self, handle: tuple[str, int]) -> torch.Tensor:
+        return self._get(self._parts, handle)
+
+    def rows(self, handle: tuple[str, int]) -> slice:
+        """The rows of `handle`'s input in its model's batched pass (a slice of the pass's batch)."""
+        return self._get(self._rows, handle)
 
 
 class StepContext:
@@ -198,4 +214,4 @@ class StepContext:
 
     def run(self) -> Outputs:
         """Run the queued inputs: one pass of the current model (no gradients), of the trained UNet, of the base."""
-        return Outputs({k: q.run() for k, q in self._queues.items()})
+        return Outputs({k: q.run() for k, q in self._queues.items()}, rows={k: q.rows() for k, q in self._queues.items()})

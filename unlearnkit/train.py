@@ -307,6 +307,7 @@ def _check_finite(name, cfg, recent, ckpt_path):
 
 def _finish(name, method, ctx, pipe, history, seconds, identity) -> UnlearnResult:
     # the unlearned pipeline: the base's parts with the new UNet (LoRA fused into its weights, the adapter kept apart)
+    method.finish(ctx)
     cfg, unet, lora = method.config, ctx.unet.eval().requires_grad_(False), None
     if cfg.params == "lora":
         from peft import get_peft_model_state_dict

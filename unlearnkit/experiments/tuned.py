@@ -13,7 +13,7 @@ FIGURE_METHODS = {"esd-x": "ESD", "salun": "SalUn", "sa": "SA", "saddle": "Saddl
 # Table 1's extra rows beyond the paper's columns: L_help switched on for a baseline (the kit's own addition), and the
 # baselines every benchmark now includes (UCE's closed form; Concept Ablation, model- and noise-based)
 TABLE_EXTRAS = {"ESD + L_help": ("esd-x", {"help_weight": 1.0}), "UCE": ("uce", {}), "CA": ("ca", {}),
-                "CA (noise)": ("ca-noise", {})}
+                "CA (noise)": ("ca-noise", {}), "FMN": ("fmn", {})}
 
 
 # NB (2026-12-01): these picks were made with the kit's earlier variants of ESD (x_t="data"), SalUn (conditional mask)

@@ -15,8 +15,11 @@ passes a step needs and which loss it makes from their outputs. The whole contra
                               ctx.current(x_t, t, emb)  the UNet being trained as it is now, without gradients
                             `loss(out)` returns a scalar tensor, or (scalar, {name: tensor or float}) to log.
                             `out.help` is L_help (docs/METHODS.md, eq. 5) when `help_weight` > 0, else None.
+                            `out.rows(handle)`: where that input's rows sit in its model's one batched pass
+                            (for what a method records inside the pass: Forget-Me-Not's attention maps).
     mask_gradients(params)  after backward, before clipping (SalUn's saliency mask)
     after_step(log)         after the optimiser step (Saddle's multiplier)
+    finish(ctx)             after the last step: undo what prepare put on the UNet (Forget-Me-Not's hooks)
     state                   what the method computed ({name: tensor, ...}); `resume_keys` go into checkpoints
 
 `register_method(name)` makes a method known to `uk.unlearn`, `run_method` and the CLI; a method in a user's own
@@ -148,6 +151,9 @@ class Method:
 
     def after_step(self, log: dict) -> None:
         """Update the method's state after the optimiser step (Saddle's multiplier); may add to `log`."""
+
+    def finish(self, ctx) -> None:
+        """After the last step, before the pipeline is handed back: remove what `prepare` put on `ctx.unet`."""
 
 
 # name -> (Method subclass, preset config overrides); variants are presets of one class

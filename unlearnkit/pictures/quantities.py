@@ -1,6 +1,7 @@
-"""What a method works with, made visible (the method notebooks 03–07): where the weights moved, which weights
-SalUn freed, where SA's Fisher sits, ESD's negatively guided target and OVW's anchor target as images, and the
-model sampled along its steps (`Snapshots`, `snapshot_images`).
+"""What a method works with, made visible (the method notebooks 03–07 and 14): where the weights moved, which weights
+SalUn freed, where SA's Fisher sits, ESD's negatively guided target, OVW's and Concept Ablation's anchor targets as
+images, UCE's edited keys and values, Forget-Me-Not's attention maps, and the model sampled along its steps
+(`Snapshots`, `snapshot_images`).
 
 Every function reads a result or a model and returns plain numbers or images; `figures.py` draws them.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler, with_unet
+from ..backbone import (decode_latents, encode_images, encode_prompts, pipeline_device, tokenize, training_scheduler,
+                        with_unet)
 from ..data import cached_sample_pairs
 from ..losses import add_noise, esd_target
 from ..train import Snapshots  # noqa: F401  (the callback lives with the loop; kept here for the notebooks)
@@ -19,6 +21,14 @@ def block_of(name: str) -> str:
     """The UNet block a parameter belongs to: 'down_blocks.1', 'mid_block', 'up_blocks.0', 'conv_in', ..."""
     parts = name.split(".")
     return ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+
+
+def _layer_label(name: str) -> str:
+    # 'up_blocks.0.attentions.1.transformer_blocks.0.attn2' -> 'up 0.1'; 'mid_block.attentions.0...' -> 'mid 0'
+    parts = name.split(".")
+    if parts[0] in ("down_blocks", "up_blocks"):
+        return f"{parts[0].split('_')[0]} {parts[1]}.{parts[3]}"
+    return f"{parts[0].split('_')[0]} {parts[2]}"
 
 
 def _by_block(pairs) -> dict[str, list]:
@@ -110,6 +120,81 @@ def ovw_panel(base, unlearned, prompt: str, anchor: str, seed: int = 0, timestep
             f"target: base, c_a ({anchor})": n.x0_hat(n.predict(base, anchor)),
             "unlearned, c_f": n.x0_hat(n.predict(unlearned, prompt))}
     return rows, [f"t={int(v)}" for v in n.t.tolist()]
+
+
+@torch.no_grad()
+def ca_panel(base, unlearned, prompt: str, anchor: str, seed: int = 0, timesteps=(250, 500, 750),
+             steps: int = 20, guidance_scale: float = 2.0, cache_dir=None) -> tuple[dict, list[str]]:
+    """Concept Ablation's quantities as x̂0 images, on the base's image of the *anchor* prompt noised to each t:
+    the base on the forget prompt, CA's target (the current model on the anchor prompt: the base at the first step,
+    the unlearned model at the last) and the unlearned model on the forget prompt, which should match it."""
+    n = _Noised(base, anchor, seed, timesteps, steps, guidance_scale, cache_dir)
+    rows = {f"x_t (anchor image, {anchor})": n.noisy(), f"base, c_f ({prompt})": n.x0_hat(n.predict(base, prompt)),
+            "target, first step: base, c_a": n.x0_hat(n.predict(base, anchor)),
+            "target, last step: unlearned, c_a": n.x0_hat(n.predict(unlearned, anchor)),
+            "unlearned, c_f": n.x0_hat(n.predict(unlearned, prompt))}
+    return rows, [f"t={int(v)}" for v in n.t.tolist()]
+
+
+@torch.no_grad()
+def uce_kv_change(base, unlearned, task) -> dict[str, dict[str, float]]:
+    """UCE's edit, per edited projection (attn2.to_k / to_v of each block): how far the erased tokens' outputs W c
+    sit from their guide's W c* before the edit and W' c after (relative to ‖W c*‖), and how far the preserved
+    (retain) tokens' outputs moved, ‖W' p − W p‖ / ‖W p‖. Tokens as `methods.uce.token_rows` picks them (the
+    positions where a forget prompt differs from its anchor)."""
+    pipe = getattr(unlearned, "pipeline", unlearned)
+    device = pipeline_device(base)
+    e_f, e_a = encode_prompts(base, task.forget_prompts), encode_prompts(base, task.anchor_prompts)
+    differ = tokenize(base.tokenizer, task.forget_prompts, device) != tokenize(base.tokenizer, task.anchor_prompts, device)
+    c, c_star, p = e_f[differ], e_a[differ], encode_prompts(base, task.retain_prompts).flatten(0, 1)
+    edited = dict(pipe.unet.named_parameters())
+    out = {"erased token, base: ‖Wc − Wc*‖/‖Wc*‖": {}, "erased token, UCE: ‖W'c − Wc*‖/‖Wc*‖": {},
+           "retain tokens: ‖W'p − Wp‖/‖Wp‖": {}}
+    for name, w in base.unet.named_parameters():
+        if ".attn2.to_k." not in name and ".attn2.to_v." not in name:
+            continue
+        w2 = edited[name].to(w.device)
+        label = f"{_layer_label(name)} {name.split('.attn2.to_')[1][0]}"  # e.g. 'up 0.1 k'
+        guide = c_star @ w.T
+        out["erased token, base: ‖Wc − Wc*‖/‖Wc*‖"][label] = float((c @ w.T - guide).norm() / guide.norm())
+        out["erased token, UCE: ‖W'c − Wc*‖/‖Wc*‖"][label] = float((c @ w2.T - guide).norm() / guide.norm())
+        out["retain tokens: ‖W'p − Wp‖/‖Wp‖"][label] = float((p @ w2.T - p @ w.T).norm() / (p @ w.T).norm())
+    return out
+
+
+@torch.no_grad()
+def attention_maps(pipes: dict, prompt: str, word: str, seed: int = 0, t: int = 500, steps: int = 20,
+                   guidance_scale: float = 2.0, cache_dir=None) -> tuple[dict, list[str]]:
+    """Forget-Me-Not's quantity: the attention each image position pays to `word`'s tokens in `prompt`, per
+    cross-attention layer (mean over heads), on the first model's image of `prompt` noised to t. Returns
+    ({label of each model: maps as images [layers,3,H,W] in [0,1]}, layer labels); every map is scaled by the
+    largest value of its layer over all models, so brighter is more attention, comparable down a column."""
+    from ..methods.fmn import AttentionMaps, concept_positions
+
+    first = getattr(next(iter(pipes.values())), "pipeline", next(iter(pipes.values())))
+    n = _Noised(first, prompt, seed, (t,), steps, guidance_scale, cache_dir)
+    pos = concept_positions(first.tokenizer, [prompt], word, use_pooler=False, device=n.x_t.device)[0]
+    per_model, names = {}, None
+    for label, pipe in pipes.items():
+        pipe = getattr(pipe, "pipeline", pipe)
+        rec = AttentionMaps(pipe.unet, grad_only=False)
+        try:
+            n.predict(pipe, prompt)
+            maps, names = rec.take(), rec.names
+        finally:
+            rec.remove()
+        per_model[label] = [m[0].mean(0)[:, pos].sum(-1) for m in maps]  # [Q] per layer
+    size = max(int(round(m.numel() ** 0.5)) for m in next(iter(per_model.values())))
+    top = [max(float(v[i].max()) for v in per_model.values()) or 1.0 for i in range(len(names))]
+    rows = {}
+    for label, maps in per_model.items():
+        imgs = []
+        for i, m in enumerate(maps):
+            side = int(round(m.numel() ** 0.5))
+            img = (m / top[i]).reshape(1, 1, side, side)
+            imgs.append(torch.nn.functional.interpolate(img, size=(size, size), mode="nearest")[0].expand(3, -1, -1))
+        rows[label] = torch.stack(imgs).clamp(0, 1).cpu()
+    return rows, [_layer_label(nm) for nm in names]
 
 
 @torch.no_grad()
