@@ -113,8 +113,8 @@ def test_diffusers_export_round_trip(case, tmp_path):
     out = tmp_path / "unlearned"
     uk.export(run, out)
     torch.testing.assert_close(_images(_open(out, backbone), backbone), images, atol=SAME_ATOL, rtol=0)
-    # a bare pipeline replaces the folder whole, and no temp folder stays behind
-    uk.export(base, out)
+    # with overwrite, a bare pipeline replaces the folder whole, and no temp folder stays behind
+    uk.export(base, out, overwrite=True)
     torch.testing.assert_close(_images(_open(out, backbone), backbone), _images(base, backbone), atol=SAME_ATOL,
                                rtol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["unlearned"]
@@ -199,6 +199,56 @@ def test_cli_export(tmp_path, capsys):
     (tmp_path / "run" / "lora" / LORA_WEIGHT_NAME).unlink()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "l"), "--format", "lora"]) == 2
     assert "trained full weights" in capsys.readouterr().err
+
+
+def test_export_never_destroys(tmp_path, capsys):
+    # what a user may point an export at by mistake: each is one clear error, and the files stay as they were
+    base = _base("embedded")
+    run = _lora_run(base)
+    folder = tmp_path / "run"
+    run.pipeline.save_pretrained(folder / "pipeline")
+    uk.export(run, folder / "lora", format="lora")
+    (folder / "checkpoint.pt").write_bytes(b"the run's checkpoint")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    (tmp_path / "old.safetensors").write_bytes(b"an older kohya file")
+
+    def snapshot():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    capsys.readouterr()
+    cases = [  # (CLI args, what the one line says)
+        (["export", str(folder), "--out", str(folder)], "is or holds the model being exported"),
+        (["export", str(folder), "--out", str(folder), "--overwrite"], "is or holds the model being exported"),
+        (["export", str(folder), "--out", str(tmp_path), "--overwrite"], "is or holds the model being exported"),
+        (["export", str(folder / "pipeline"), "--out", str(folder / "pipeline"), "--overwrite"], "is or holds"),
+        (["export", str(folder), "--out", str(tmp_path / "mine")], "exists and is not empty; pass overwrite=True"),
+        (["export", str(folder), "--out", str(folder / "lora"), "--format", "lora"], "exists and is not empty"),
+        (["export", str(folder), "--out", str(tmp_path / "old.safetensors"), "--format", "kohya"], "exists"),
+        (["export", str(folder), "--out", str(tmp_path / "model.safetensors")], "writes a folder, but"),
+        (["export", str(folder), "--out", str(tmp_path / "mine"), "--format", "kohya"], "is a folder"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, (args, err)
+        assert snapshot() == before, args
+    # overwrite replaces what the user asked to replace, and nothing else
+    assert main(["export", str(folder), "--out", str(tmp_path / "old.safetensors"), "--format", "kohya",
+                 "--overwrite"]) == 0
+    assert (tmp_path / "old.safetensors").read_bytes() != before["old.safetensors"]
+    assert (folder / "checkpoint.pt").read_bytes() == b"the run's checkpoint"
+    assert main(["export", str(folder), "--out", str(tmp_path / "new"), "--device", "cpu"]) == 0
+    assert oct((tmp_path / "new").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_an_original_layout_single_file_loads_offline_like_its_folder():

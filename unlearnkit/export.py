@@ -25,18 +25,24 @@ FORMATS = ("diffusers", "lora", "kohya")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
 
 
-def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers") -> Path:
+def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers", overwrite: bool = False,
+           source: str | os.PathLike | None = None) -> Path:
     """Write an unlearned model to `path` in `format` ('diffusers', 'lora' or 'kohya'); returns the path written.
 
     `result_or_pipeline`: an `UnlearnResult` (`.pipeline`; for the LoRA formats `.lora` and `.lora_config`) or a
     pipeline. 'diffusers': `path` is a folder, written whole or not at all. 'lora': `path` is a folder that gets
     `pytorch_lora_weights.safetensors`. 'kohya': `path` is a `.safetensors` file.
+    Nothing is destroyed: an existing file or non-empty folder at `path` is refused unless `overwrite=True`, and a
+    `path` that is (or holds) the model being exported (`source`, the run folder it came from, or the folder its
+    pipeline was loaded from) is refused even then.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
+    pipe = getattr(result_or_pipeline, "pipeline", result_or_pipeline)
     if format == "diffusers":
-        return save_diffusers(getattr(result_or_pipeline, "pipeline", result_or_pipeline), path)
+        check_target(path, format, overwrite, [source, *_loaded_from(pipe)])
+        return save_diffusers(pipe, path)
     lora, lora_config = getattr(result_or_pipeline, "lora", None), getattr(result_or_pipeline, "lora_config", None)
     if lora is None:
         raise ValueError(f"format {format!r} exports a LoRA, but this run trained full weights (it has no LoRA); "
@@ -44,9 +50,44 @@ def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers
     if lora_config is None:
         raise ValueError("the run's LoRA comes without its lora_config (the peft LoraConfig it was trained with), "
                          "which fixes its rank and scale; pass a result that has both")
+    check_target(path, format, overwrite, [source, *_loaded_from(pipe)])
     if format == "lora":
         return save_lora(lora, lora_config, path)
     return save_kohya(lora, lora_config, path)
+
+
+def _loaded_from(pipe) -> list[str]:
+    # the local folders a pipeline and its UNet were loaded from (their configs' _name_or_path)
+    found = []
+    for obj in (pipe, getattr(pipe, "unet", None)):
+        name = getattr(getattr(obj, "config", None), "_name_or_path", None)
+        if name and Path(name).exists():
+            found.append(name)
+    return found
+
+
+def check_target(path: Path, format: str, overwrite: bool, sources) -> None:
+    """One clear error, before anything is written, for a target that would destroy something: the model being
+    exported (or a folder holding it), an existing file or non-empty folder without `overwrite`, a folder path for
+    a file format or the other way round."""
+    where = Path(os.path.abspath(path))
+    for src in sources:
+        if src is None:
+            continue
+        src = Path(os.path.abspath(src))
+        if where == src or where in src.parents:
+            raise ValueError(f"export target {str(path)!r} is or holds the model being exported ({src}); writing "
+                             "there would delete it: pass another path")
+    if format in ("diffusers", "lora") and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt"):
+        raise ValueError(f"format {format!r} writes a folder, but {str(path)!r} names a file; pass a folder path "
+                         "(one .safetensors file is format 'kohya', for a LoRA run)")
+    if format == "kohya" and path.exists() and path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; format 'kohya' writes one .safetensors file: pass a file path")
+    if format != "kohya" and path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file; format {format!r} writes a folder: pass a folder path")
+    if not overwrite and path.exists() and (path.is_file() or any(path.iterdir())):
+        raise ValueError(f"export target {str(path)!r} exists and is not empty; pass overwrite=True (on the command "
+                         "line --overwrite) to replace it, or another path")
 
 
 def save_diffusers(pipe, folder: Path) -> Path:
@@ -55,6 +96,7 @@ def save_diffusers(pipe, folder: Path) -> Path:
         raise ValueError(f"{str(folder)!r} is a file; format 'diffusers' writes a folder: pass a folder path")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: the folder a user gets is readable as any other
     try:
         _without_adapters(pipe).save_pretrained(tmp)
     except BaseException:
@@ -69,6 +111,12 @@ def save_diffusers(pipe, folder: Path) -> Path:
     else:
         os.replace(tmp, folder)
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _without_adapters(pipe):

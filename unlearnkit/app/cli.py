@@ -141,14 +141,15 @@ def cmd_unlearn(args):
     if is_latent(result.pipeline):
         from ..models import save_unlearned_unet
 
-        save_unlearned_unet(result.pipeline, target, base=args.model,
+        base = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # usable from anywhere
+        save_unlearned_unet(result.pipeline, target, base=base,
                             config=args.config if Path(args.model).is_file() else None)
     else:
         result.pipeline.save_pretrained(target)
     if getattr(result, "lora", None) is not None:  # a LoRA run keeps its adapter for `unlearnkit export`
         from ..export import export
 
-        export(result, Path(args.out) / "lora", format="lora")
+        export(result, Path(args.out) / "lora", format="lora", overwrite=True)  # the run's own adapter, renewed
     (Path(args.out) / "history.json").write_text(json.dumps(result.history))
     return {"method": result.method, "pipeline": str(target), "seconds": round(result.seconds, 2),
             "final_loss": result.history[-1]["loss"], "forgot": [t.forget_concept or t.name for t in tasks],
@@ -183,8 +184,9 @@ def cmd_evaluate(args):
 def cmd_export(args):
     from types import SimpleNamespace
 
-    from ..export import LORA_WEIGHT_NAME, export, read_lora
+    from ..export import LORA_WEIGHT_NAME, check_target, export, read_lora
 
+    check_target(Path(args.out), args.format, args.overwrite, [args.source])  # before any model loads
     source = Path(args.source)
     run = (source / "pipeline").is_dir()  # a run folder written by `unlearnkit unlearn --out`
     if args.format == "diffusers":
@@ -196,7 +198,8 @@ def cmd_export(args):
         folder = source / "lora" if run else source
         lora, lora_config = read_lora(folder) if (folder / LORA_WEIGHT_NAME).exists() else (None, None)
         model = SimpleNamespace(pipeline=None, lora=lora, lora_config=lora_config)
-    return {"format": args.format, "out": str(export(model, args.out, format=args.format))}
+    return {"format": args.format,
+            "out": str(export(model, args.out, format=args.format, overwrite=args.overwrite, source=args.source))}
 
 
 def cmd_reproduce(args):
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", default="diffusers", choices=["diffusers", "lora", "kohya"],
                     help="diffusers: the whole pipeline; lora: pytorch_lora_weights.safetensors for "
                          "load_lora_weights; kohya: one file for AUTOMATIC1111 / ComfyUI")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the source itself)")
     config_arg(sp)
     common(sp)
     sp.set_defaults(func=cmd_export)
