@@ -33,6 +33,8 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+# slow: papermill runs these notebooks again after nbmake has (minutes); .ci/run's slow pass runs it
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_executed_notebook_holds_its_figures_as_images(name, tmp_path, monkeypatch, shared_cache):
     import papermill as pm

@@ -133,6 +133,7 @@ def test_sa_ewc_equals_the_authors():
     torch.testing.assert_close(50 * losses.ewc_penalty(params, theta0, fisher), sa_ref.sa_ewc(params, theta0, fisher, 50.0))
 
 
+@pytest.mark.slow  # 1000 forward and backward passes; the definition itself is checked above on 20 timesteps
 def test_the_authors_fisher_is_orders_of_magnitude_above_the_one_t_fisher(tiny, object_task):
     # one replay example each (the kit's tiny model, 1000 timesteps): the reason λ = 50 did nothing before
     pipe = tiny[0]

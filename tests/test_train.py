@@ -223,7 +223,7 @@ def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
     assert experiments.tuned("pair-red-yellow", "sa", "colour") == experiments.KIND_RULES["colour"]["sa"]
     # the ablation takes OVW's rule
     assert experiments.tuned("pair-red-yellow", "ovw-nohelp", "colour") == experiments.KIND_RULES["colour"]["ovw"]
-    assert experiments.tuned("object", "salun", "colour") == experiments.TUNED["object"]["salun"]  # a task's own pick wins
+    assert experiments.tuned("object", "sa", "colour") == experiments.TUNED["object"]["sa"]  # a task's own pick wins
     assert experiments.profile("cpu").concept_task("red").kind == "colour"
 
 

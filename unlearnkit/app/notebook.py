@@ -25,3 +25,26 @@ def setup(profile_name: str = "cpu", device: str = "auto"):
     print(f"profile {P.name}: {P.method_overrides or 'method defaults'}{per_method}; evaluation {P.evaluation}; "
           f"base on {base.device}")
     return P, base, LPIPSDistance().to(base.device)
+
+
+def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> str:
+    """What Table 1 measured for `method` (its display name: 'ESD', 'SA', 'UCE', ...), read from the committed
+    tables (figures/table1_<task>[_full].csv, written by notebook 10): one line per task and budget, so a notebook
+    quotes the numbers the kit measured instead of typing them."""
+    import csv
+    from pathlib import Path
+
+    lines = []
+    for task in ("object", "style"):
+        for budget in budgets:
+            path = Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
+            if not path.exists():
+                continue
+            row = next((r for r in csv.DictReader(path.open()) if r["method"] == method), None)
+            if row is None:
+                lines.append(f"{task}, {budget}: {method} is not in {path.name}")
+                continue
+            lines.append(f"{task}, {budget} ({path.name}): forget rate {float(row['forget_rate']):.2f}, LPIPS_ret "
+                         f"{float(row['lpips_ret']):.3f} [{float(row['lpips_ret_lo']):.3f}, "
+                         f"{float(row['lpips_ret_hi']):.3f}], retain accuracy {float(row['retain_accuracy']):.3f}")
+    return "\n".join(lines) or f"no Table 1 under {figures_dir}: run notebook 10 first"

@@ -18,8 +18,9 @@ def notebooks_dir() -> Path:
     raise ValueError("no notebooks/ folder found; run `unlearnkit reproduce` from a checkout of the kit")
 
 
-# names for --only: the paper's reproduction (notebooks 00-11) and the questions beyond it (12, 13)
-GROUPS = {"paper": [f"{i:02d}" for i in range(12)], "beyond": ["12", "13"]}
+# names for --only: the paper's reproduction (notebooks 00-11) and what goes beyond it (12, 13; 14: the baselines
+# benchmarks added since)
+GROUPS = {"paper": [f"{i:02d}" for i in range(12)], "beyond": ["12", "13", "14"]}
 
 
 def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str | None = None,
@@ -27,7 +28,7 @@ def reproduce(profile: str = "cpu", out_dir: str | Path = "executed", only: str 
               device: str = "auto") -> dict:
     """Execute every notebook NN_*.ipynb with `profile` on `device` ('auto': cuda when there is a GPU); returns {'profile', 'seconds', 'notebooks': {name: s}}.
 
-    `only`: comma-separated notebook name prefixes or group names (`GROUPS`: 'paper' = 00-11, 'beyond' = 12, 13).
+    `only`: comma-separated notebook name prefixes or group names (`GROUPS`: 'paper' = 00-11, 'beyond' = 12-14).
     Executed copies go to `out_dir`; figures to `figures_dir` (default: the kit's figures/). A failing
     notebook stops the run with a ValueError naming the notebook and the cell.
     """
