@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -84,3 +86,14 @@ def test_base_train_resumes(tmp_path):
     b = load_pipeline(tmp_path / "b" / "pipeline", device="cpu")
     for (n, p), (_, q) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_a_missing_local_path_is_one_line_naming_it(capsys):
+    from unlearnkit.app.cli import main
+
+    for path in ("./no-such-run", "runs/x/pipeline", "model.safetensors"):
+        with pytest.raises(ValueError, match=f"'{re.escape(path)}' does not exist"):
+            uk.load_pipeline(path, device="cpu")
+    assert main(["evaluate", "./no-such-run", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'./no-such-run' does not exist" in err and err.count("\n") == 0 and "Hub" not in err
