@@ -31,7 +31,8 @@ TUNED: dict[str, dict[str, dict]] = {
 
 # Per-kind rules for any other concept of the world, each picked by the same rule over two pairs of the kind
 # (`bench/tune.py --rule`): per method, the config of its `KIND_GRIDS` ladder (bench/tune.py) that forgets on both
-# with the lowest mean lpips_ret; then checked on a third pair no sweep saw (`bench/claims.py`). Measured 2026-11-30:
+# with the lowest mean lpips_ret; then checked on a third pair no sweep saw (`bench/claims.py`). Measured 2026-11-30,
+# with the kit's earlier variants of ESD, SalUn and SA (not swept again with their authors' variants yet):
 # - object, on circle (watching square) and square (watching circle), bench/tune-{circle,square}.json: the built-in
 #   task's picks (made on triangle alone) left circle with SalUn 0.96 and Saddle 0.44, square with ESD 0.72, SalUn
 #   0.60 and SA 0.32. No SalUn config of the ladder forgets square (best 0.32, at 10x its lr): its rule is that config,
