@@ -26,7 +26,7 @@ from unlearnkit.io import atomic_write
 from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
 from unlearnkit.models import load_base
 
-BASELINES, HELPED = ("ESD", "SalUn", "SA"), ("OVW", "Saddle")
+BASELINES, HELPED = ("ESD", "SalUn", "SA", "UCE", "CA", "CA (noise)", "FMN"), ("OVW", "Saddle")  # rivals: those present
 
 
 def claims(results: dict) -> list[tuple[str, str, bool | None, str]]:
