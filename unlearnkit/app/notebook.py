@@ -40,7 +40,8 @@ def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> 
             path = Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
             if not path.exists():
                 continue
-            row = next((r for r in csv.DictReader(path.open()) if r["method"] == method), None)
+            with path.open() as fh:
+                row = next((r for r in csv.DictReader(fh) if r["method"] == method), None)
             if row is None:
                 lines.append(f"{task}, {budget}: {method} is not in {path.name}")
                 continue

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backbone import (decode_latents, encode_images, encode_prompts, pipeline_device, tokenize, training_scheduler,
-                        with_unet)
+from ..backbone import decode_latents, encode_images, encode_prompts, pipeline_device, training_scheduler, with_unet
 from ..data import cached_sample_pairs
 from ..losses import add_noise, esd_target
 from ..train import Snapshots  # noqa: F401  (the callback lives with the loop; kept here for the notebooks)
@@ -140,13 +139,16 @@ def ca_panel(base, unlearned, prompt: str, anchor: str, seed: int = 0, timesteps
 def uce_kv_change(base, unlearned, task) -> dict[str, dict[str, float]]:
     """UCE's edit, per edited projection (attn2.to_k / to_v of each block): how far the erased tokens' outputs W c
     sit from their guide's W c* before the edit and W' c after (relative to ‖W c*‖), and how far the preserved
-    (retain) tokens' outputs moved, ‖W' p − W p‖ / ‖W p‖. Tokens as `methods.uce.token_rows` picks them (the
-    positions where a forget prompt differs from its anchor)."""
+    (retain) tokens' outputs moved, ‖W' p − W p‖ / ‖W p‖. The tokens are the ones UCE erases (`methods.uce.token_rows`:
+    the positions where a forget prompt differs from its anchor)."""
+    from types import SimpleNamespace
+
+    from ..methods.uce import token_rows
+
     pipe = getattr(unlearned, "pipeline", unlearned)
-    device = pipeline_device(base)
-    e_f, e_a = encode_prompts(base, task.forget_prompts), encode_prompts(base, task.anchor_prompts)
-    differ = tokenize(base.tokenizer, task.forget_prompts, device) != tokenize(base.tokenizer, task.anchor_prompts, device)
-    c, c_star, p = e_f[differ], e_a[differ], encode_prompts(base, task.retain_prompts).flatten(0, 1)
+    prompts = SimpleNamespace(pipe=base, forget_prompts=task.forget_prompts, anchor_prompts=task.anchor_prompts,
+                              e_f=encode_prompts(base, task.forget_prompts), e_a=encode_prompts(base, task.anchor_prompts))
+    (c, c_star), p = token_rows(prompts, "concept"), encode_prompts(base, task.retain_prompts).flatten(0, 1)
     edited = dict(pipe.unet.named_parameters())
     out = {"erased token, base: ‖Wc − Wc*‖/‖Wc*‖": {}, "erased token, UCE: ‖W'c − Wc*‖/‖Wc*‖": {},
            "retain tokens: ‖W'p − Wp‖/‖Wp‖": {}}
