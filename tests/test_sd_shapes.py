@@ -17,6 +17,7 @@ from unlearnkit.methods import METHODS
 from unlearnkit.sd import SHAPES, build_tiny_sd
 
 TASK = uk.Task(name="shapes", forget_prompts=["a painting of a cat"], retain_prompts=["a painting of a frog"],
+               forget_concept="cat",  # FMN steers attention away from this word's tokens
                anchor_prompts=["a painting of an animal"])
 WORDS = TASK.forget_prompts + TASK.retain_prompts + TASK.anchor_prompts + [""]
 FAST = dict(batch_size=1, data_steps=2, data_seeds=1, retain_seeds=1, progress=False)
