@@ -42,6 +42,32 @@ def test_cli_help_lists_the_subcommands():
         assert sub in out.stdout
 
 
+def test_cli_help_imports_neither_torch_nor_the_methods():
+    # `unlearnkit --help` and `unlearnkit export --help` start in a fraction of a second: nothing heavy loads
+    probe = ("import sys\nfrom unlearnkit.app.cli import main\nfor argv in (['--help'], ['export', '--help'], "
+             "['unlearn', '--help']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'diffusers', 'unlearnkit.methods') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "fmn" in out.stdout and "ovw-" in out.stdout  # unlearn --help still lists the methods (argparse wraps)
+
+
+def test_the_clis_method_names_are_the_registered_ones():
+    from unlearnkit.app.cli import BUILTIN_METHODS, ENTRY_POINT_GROUP
+    from unlearnkit.methods import ALIASES, METHODS
+    from unlearnkit.methods.base import ENTRY_POINT_GROUP as GROUP
+
+    builtin = [n for n, (cls, _) in METHODS.items() if cls.__module__.startswith("unlearnkit.methods.")]
+    assert list(BUILTIN_METHODS) == [*builtin, *ALIASES] and ENTRY_POINT_GROUP == GROUP
+
+
+def test_the_package_loads_its_public_names_on_first_use():
+    probe = ("import sys, unlearnkit as uk\nprint('torch' in sys.modules)\nimport unlearnkit.export\n"
+             "print(uk.export.__module__, uk.unlearn.__name__, sorted(set(uk.__all__) - set(dir(uk))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "unlearnkit.export", "unlearn", "[]"]
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "unlearnkit", "unlearn", "--method", "nope", "--out", str(tmp_path)],
                          capture_output=True, text=True)

@@ -87,6 +87,8 @@ def import_user_modules(names) -> list[str]:
     import importlib
     import importlib.util
 
+    if not names:
+        return []
     from ..methods import METHODS
 
     before = set(METHODS)
@@ -213,10 +215,28 @@ def _import_arg(p):
                    help="import MODULE (a module name or a .py file) first: its register_method calls add methods")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..methods import ALIASES, METHODS, load_entry_points
+# the built-in methods and aliases, named without importing them (torch and diffusers take seconds to load):
+# `--help` lists these unless a module already registered more (tests/test_project.py checks them against METHODS)
+BUILTIN_METHODS = ("ga", "esd-x", "esd-u", "salun", "sa", "saddle", "ovw", "ovw-nohelp", "uce", "ca", "ca-noise", "fmn",
+                   "esd")
+ENTRY_POINT_GROUP = "unlearnkit.methods"  # methods.base.ENTRY_POINT_GROUP, read here without importing the methods
 
-    load_entry_points()  # installed packages' methods, so that --help lists them
+
+def _method_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    if entry_points(group=ENTRY_POINT_GROUP):  # installed packages' methods, so that --help lists them
+        from ..methods import load_entry_points
+
+        load_entry_points()
+    if "unlearnkit.methods" not in sys.modules:
+        return list(BUILTIN_METHODS)
+    from ..methods import ALIASES, METHODS
+
+    return [*METHODS, *ALIASES]
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unlearnkit", description=__doc__.splitlines()[0])
     _import_arg(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -258,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_sample)
 
     sp = sub.add_parser("unlearn", help="unlearn a task with a method; saves the unlearned pipeline")
-    sp.add_argument("--method", default="esd-x", help=f"one of: {', '.join([*METHODS, *ALIASES])} (more with --import)")
+    sp.add_argument("--method", default="esd-x", help=f"one of: {', '.join(_method_names())} (more with --import)")
     sp.add_argument("--model", default="base", help="the base: 'base', a pipeline folder or a hub id")
     sp.add_argument("--out", required=True, help="run folder: checkpoints (resume), pipeline/, history.json")
     sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
