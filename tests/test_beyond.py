@@ -92,6 +92,7 @@ def test_attack_refuses_what_it_cannot_do(tiny_pipe, object_task):
         forget_hits(torch.zeros(1, 3, 32, 32), sd_task)
 
 
+@pytest.mark.slow  # the CLI in subprocesses, ~37 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_cli_unlearns_several_words_in_order_and_attacks(tiny_pipe, tmp_path):
     model = tmp_path / "tiny"
     tiny_pipe.save_pretrained(model)

@@ -21,6 +21,7 @@ def _run(tmp_path, nproc):
     return json.JSONDecoder().raw_decode(line)[0]  # the first object (ranks share one stdout pipe)
 
 
+@pytest.mark.slow  # one and two torchrun processes evaluating, ~45 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_two_processes_give_the_same_evaluation_as_one(tmp_path):
     one, two = _run(tmp_path, 1), _run(tmp_path, 2)
     assert one == two
@@ -46,7 +47,8 @@ def _unlearn_two_procs(tmp_path, method, *args) -> list[dict]:
     return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
 
 
-@pytest.mark.parametrize("method", ["esd-x", pytest.param("ovw", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two torchrun processes training, ~20 s each: in .ci/run's slow pass, after the suite
+@pytest.mark.parametrize("method", ["esd-x", "ovw"])
 def test_two_processes_unlearn_to_identical_weights(tmp_path, method):
     rank0, rank1 = _unlearn_two_procs(tmp_path, method)
     print(f"{method}, rank 0 loss history:", [round(h["loss"], 5) for h in rank0["history"]])
@@ -81,6 +83,7 @@ def test_two_processes_checkpoint_every_ranks_generator(tmp_path):
     assert not torch.equal(generators[0][0], generators[1][0]) and not torch.equal(generators[0][1], generators[1][1])
 
 
+@pytest.mark.slow  # two interpreters, ~18 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_pipeline_fingerprint_is_the_same_in_every_process():
     # the data cache key and a checkpoint's base check must not depend on the process (hash seed) that made them
     code = ("from unlearnkit.models import build_pipeline; from unlearnkit.data import pipeline_fingerprint; "

@@ -83,6 +83,7 @@ def _unlearn_cmd(model, out):
             "--set", "steps=60", "--set", "checkpoint_every=3", "--set", "x_t=data", "--set", "batch_size=2", "--set", "data_steps=2"]
 
 
+@pytest.mark.slow  # three CLI processes, ~50 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_sigkill_then_the_same_command_resumes_bit_identically(tiny_pipe, tmp_path):
     from safetensors.torch import load_file
 

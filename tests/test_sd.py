@@ -65,6 +65,7 @@ def test_evaluate_on_sd(sd_dir, sd_task):
     assert r["lpips_ret"] > 0 and list(r["per_concept"])[0] == "frog"
 
 
+@pytest.mark.slow  # the CLI in subprocesses on SD, ~25 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_cli_round_trip_unlearn_save_evaluate(sd_dir, tmp_path):
     run = [sys.executable, "-m", "unlearnkit"]
     out = subprocess.run(run + ["unlearn", "--model", str(sd_dir), "--task", "sd-cat", "--method", "esd-x",

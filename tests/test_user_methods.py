@@ -85,6 +85,7 @@ def test_concept_ablation_takes_its_target_from_the_current_model(tiny_pipe, obj
     assert any(not torch.equal(p, q) for p, q in zip(ca.pipeline.unet.parameters(), tiny_pipe.unet.parameters()))
 
 
+@pytest.mark.slow  # a CLI run in process and a cached run, ~16 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_user_methods_run_through_run_method_and_the_cli(tiny_pipe, object_task, tmp_path, capsys):
     from unlearnkit.app.cli import build_parser, main
     from unlearnkit.experiments import profile, run_method
