@@ -160,10 +160,8 @@ def test_single_file_checkpoint_needs_a_config(tmp_path):
 
 
 def test_single_file_checkpoint_loads_through_diffusers_offline(tmp_path):
-    # The positive case (a CompVis-layout file loading to the same images) needs a file in the original layout.
-    # diffusers' package converts original -> diffusers only (its reverse converter is a repository script), so no
-    # such file can be written here without a hand-written key table. What runs here is diffusers' real
-    # from_single_file, offline, with the configs of a local folder: a file without the weights is named as such.
+    # diffusers' real from_single_file, offline, with the configs of a local folder: a file without the weights is
+    # named as such (the positive case: test_single_file_export_loads_back_to_the_same_images)
     sd = _base("sd")
     sd.save_pretrained(tmp_path / "sd")
     file = tmp_path / "model.safetensors"
@@ -266,3 +264,151 @@ def test_an_original_layout_single_file_loads_offline_like_its_folder():
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     images = [sample(p, ["a photo of a cat"], [0, 1], steps=2) for p in (folder, single)]
     assert torch.equal(*images)
+
+
+def test_the_original_layout_is_the_one_diffusers_script_writes():
+    # the fixture file was written by diffusers' own scripts/convert_diffusers_to_original_stable_diffusion.py
+    # (README beside it): the kit's renaming gives the same keys and tensors, and diffusers' loaders read it back
+    from pathlib import Path
+
+    from unlearnkit.original_layout import check_round_trip, original_state_dict
+
+    here = Path(__file__).parent / "data" / "tiny-sd15-single"
+    folder = uk.load_pipeline(here / "diffusers", device="cpu")
+    mine, theirs = original_state_dict(folder), load_file(here / "tiny-sd15.safetensors")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    check_round_trip(folder, mine)
+    broken = dict(mine)
+    broken.pop(next(k for k in broken if "attn2.to_k" in k))
+    with pytest.raises(ValueError, match="finds no unet weight .*attn2.to_k"):
+        check_round_trip(folder, broken)
+
+
+def test_single_file_export_loads_back_to_the_same_images(case, tmp_path):
+    backbone, base, run, images = case
+    if backbone == "embedded":
+        with pytest.raises(ValueError, match="needs a Stable Diffusion pipeline .*has no vae.*format='diffusers'"):
+            uk.export(run, tmp_path / "model.safetensors", format="single-file")
+        assert list(tmp_path.iterdir()) == []
+        return
+    base.save_pretrained(tmp_path / "config")
+    file = uk.export(run, tmp_path / "model.safetensors", format="single-file")
+    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."))
+               for k in load_file(file))
+    loaded = uk.load_pipeline(file, config=tmp_path / "config", device="cpu")
+    torch.testing.assert_close(_images(loaded, backbone), images, atol=SAME_ATOL, rtol=0)
+    half = load_file(uk.export(run, tmp_path / "half.safetensors", format="single-file", dtype="fp16"))
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    with pytest.raises(ValueError, match="ending in .safetensors"):
+        uk.export(run, tmp_path / "model.ckpt", format="single-file")
+
+
+def test_every_format_takes_a_dtype(case, tmp_path):
+    backbone, base, run, images = case
+    lora = load_file(uk.export(run, tmp_path / "lora", format="lora", dtype="bf16") / LORA_WEIGHT_NAME)
+    assert {v.dtype for v in lora.values()} == {torch.bfloat16}
+    kohya = load_file(uk.export(run, tmp_path / "k.safetensors", format="kohya", dtype="fp16"))
+    assert {v.dtype for k, v in kohya.items() if not k.endswith(".alpha")} == {torch.float16}
+    folder = uk.export(run, tmp_path / "half", dtype="fp16")
+    weights = load_file(next((folder / "unet").glob("*.safetensors")))
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    assert run.pipeline.unet.dtype == torch.float32  # the caller's pipeline is left as it was
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        uk.export(run, tmp_path / "x", dtype="int8")
+
+
+def test_kohya_metadata_names_the_base_as_a1111_reads_it():
+    # kohya-ss/sd-scripts train_network.py's ss_* keys; AUTOMATIC1111's Lora/network.py detect_version files a
+    # LoRA as SD-2 where ss_v2 == "True", as SD-1 for any other metadata
+    from unlearnkit.export import kohya_metadata
+
+    config = LoraConfig(r=4, lora_alpha=8)
+    lora = lambda width: {"mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight":  # noqa: E731
+                          torch.zeros(4, width)}
+    v2 = SimpleNamespace(scheduler=SimpleNamespace(config=SimpleNamespace(prediction_type="v_prediction")))
+    sd1, sd2 = kohya_metadata(lora(768), config), kohya_metadata(lora(1024), config, pipe=v2)
+    assert (sd1["ss_v2"], sd1["ss_base_model_version"]) == ("False", "sd_v1")
+    assert (sd2["ss_v2"], sd2["ss_base_model_version"]) == ("True", "sd_v2_v")
+    assert (sd1["ss_network_module"], sd1["ss_network_dim"], sd1["ss_network_alpha"]) == ("networks.lora", "4", "8.0")
+    assert all(isinstance(v, str) for v in sd1.values())  # safetensors metadata holds strings only
+    assert kohya_metadata(lora(32), config)["ss_base_model_version"] == "unlearnkit-embedded"
+
+
+def test_a_lora_from_a_full_weight_run_is_the_svd_of_its_change(tmp_path):
+    from unlearnkit.lora_extract import extract_lora
+
+    base = _base("embedded")
+    full = copy.deepcopy(base)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a rank-2 change on one Linear and one Conv2d, and a bias a LoRA cannot carry
+        linear = next(m for n, m in full.unet.named_modules() if n.endswith("attn2.to_k"))
+        conv = full.unet.conv_in
+        for m in (linear, conv):
+            flat = m.weight.flatten(1)
+            u, v = torch.randn(flat.shape[0], 2, generator=gen), torch.randn(2, flat.shape[1], generator=gen)
+            m.weight += (0.01 * u @ torch.diag(torch.tensor([1.0, 0.5])) @ v).reshape(m.weight.shape)
+        full.unet.conv_out.bias += 1e-3
+    lora, config, report = extract_lora(base, full, rank=2)
+    assert report.layers == 2 and report.relative_error < 1e-5 and report.not_carried == ["conv_out.bias"]
+    assert lora["conv_in.lora_A.weight"].shape == (2, *conv.weight.shape[1:])  # peft's conv LoRA shapes
+    assert lora["conv_in.lora_B.weight"].shape == (conv.weight.shape[0], 2, 1, 1)
+    one = extract_lora(base, full, rank=1)[2]
+    assert 0.05 < one.relative_error < 0.95 and one.worst_relative_error >= one.relative_error
+    # loaded on the base with diffusers, the LoRA gives the full run's weights (all but the bias)
+    folder = uk.export(SimpleNamespace(pipeline=full, lora=lora, lora_config=config), tmp_path / "l", format="lora")
+    pipe = copy.deepcopy(base)
+    pipe.load_lora_weights(folder)
+    pipe.unet.fuse_lora()
+    pipe.unet.unload_lora()
+    for name in ("conv_in.weight", [n for n, _ in base.unet.named_parameters() if n.endswith("attn2.to_k.weight")][0]):
+        torch.testing.assert_close(dict(pipe.unet.named_parameters())[name], dict(full.unet.named_parameters())[name],
+                                   atol=1e-6, rtol=0)
+    # export(base=...) extracts it in one call; the error names rank and base
+    assert uk.export(full, tmp_path / "k.safetensors", format="kohya", base=base, rank=2).exists()
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        extract_lora(base, full, rank=0)
+    with pytest.raises(ValueError, match="no change to extract"):
+        extract_lora(base, base)
+
+
+def test_a_safety_checker_and_its_flag_survive_load_and_export(tmp_path):
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    sd = _base("sd")
+    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=tiny, vision_config={**tiny, "image_size": 32,
+                                                                                       "patch_size": 16},
+                                                      projection_dim=8))
+    pipe = StableDiffusionPipeline(**{**sd.components, "safety_checker": checker,
+                                      "feature_extractor": CLIPImageProcessor(), "requires_safety_checker": True})
+    pipe.save_pretrained(tmp_path / "with-checker")
+    loaded = uk.load_pipeline(tmp_path / "with-checker", device="cpu")
+    assert loaded.safety_checker is not None and loaded.config.requires_safety_checker
+    uk.export(loaded, tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert index["safety_checker"][1] == "StableDiffusionSafetyChecker" and index["requires_safety_checker"] is True
+
+
+@pytest.mark.slow  # ~2 min: 13 exports of a tiny SD-1.x, each opened by plain diffusers in its own process
+def test_every_format_loads_in_plain_diffusers_in_another_process(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("export_roundtrip", Path(__file__).parents[1] / "bench" /
+                                                  "export_roundtrip.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {r["format"]: r for r in bench.measure("sd15-narrow", tmp_path, ranks=(4, 16))}
+    assert not any(r["child_imported_unlearnkit"] for r in rows.values())
+    for fmt in ("diffusers", "run folder pipeline/", "single-file"):
+        assert rows[fmt]["max_abs_diff"] <= SAME_ATOL * 5, fmt
+    for fmt in ("lora", "kohya"):
+        assert rows[fmt]["max_abs_diff"] <= LORA_ATOL, fmt
+    assert rows["single-file fp16"]["max_abs_diff"] <= 1e-2
+    # the full run's change has rank 8: rank 16 carries it (all but the nudged bias), rank 4 cannot
+    for fmt in ("lora", "kohya"):
+        low, high = rows[f"{fmt} from full (SVD rank 4)"], rows[f"{fmt} from full (SVD rank 16)"]
+        assert high["svd_relative_error"] < 1e-5 < 0.1 < low["svd_relative_error"]
+        assert high["not_carried"] == ["conv_in.bias"] and high["max_abs_diff"] < low["max_abs_diff"]
+        assert high["max_abs_diff_carried"] <= LORA_ATOL  # everything but the bias arrives

@@ -1,10 +1,15 @@
-"""Export an unlearned model for use elsewhere: a diffusers folder, a diffusers LoRA, or a kohya LoRA file.
+"""Export an unlearned model for use elsewhere: a diffusers folder, one single-file checkpoint, a diffusers LoRA,
+or a kohya LoRA file.
 
 "diffusers" writes the whole pipeline (`StableDiffusionPipeline.from_pretrained` or `unlearnkit.load_pipeline`
-opens it); "lora" writes `pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(folder)` puts on the
-base model; "kohya" writes one `.safetensors` file in the kohya layout that AUTOMATIC1111 and ComfyUI load.
+opens it); "single-file" one `.safetensors` in Stable Diffusion's original layout, the checkpoint AUTOMATIC1111 and
+ComfyUI load for a full-weight model (`from_single_file(file, config=folder)`; `original_layout.py`); "lora" writes
+`pytorch_lora_weights.safetensors`, which `pipe.load_lora_weights(folder)` puts on the base model; "kohya" one
+`.safetensors` file in the kohya layout, with kohya's `ss_*` metadata, that AUTOMATIC1111 and ComfyUI load.
 The LoRA formats come from a LoRA run's adapter (`result.lora`: peft's `get_peft_model_state_dict` of the trained
-UNet; `result.lora_config`: its `peft.LoraConfig`), converted by diffusers' own functions as its training scripts do.
+UNet; `result.lora_config`: its `peft.LoraConfig`), converted by diffusers' own functions as its training scripts do,
+or, for a full-weight run, from the truncated SVD of its weight change against `base` (`lora_extract.py`).
+`dtype` ('fp16', 'bf16', 'fp32'; default: as trained) applies to every format.
 """
 
 from __future__ import annotations
@@ -21,39 +26,62 @@ import torch
 from .backbone import with_unet
 from .io import atomic_write
 
-FORMATS = ("diffusers", "lora", "kohya")
+FORMATS = ("diffusers", "single-file", "lora", "kohya")
+FILE_FORMATS = ("single-file", "kohya")  # one .safetensors file; the others write a folder
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name diffusers' load_lora_weights looks for
 
 
 def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers", overwrite: bool = False,
-           source: str | os.PathLike | None = None) -> Path:
-    """Write an unlearned model to `path` in `format` ('diffusers', 'lora' or 'kohya'); returns the path written.
+           source: str | os.PathLike | None = None, dtype: str | None = None, base=None, rank: int = 16) -> Path:
+    """Write an unlearned model to `path` in `format` ('diffusers', 'single-file', 'lora' or 'kohya'); returns the
+    path written.
 
     `result_or_pipeline`: an `UnlearnResult` (`.pipeline`; for the LoRA formats `.lora` and `.lora_config`) or a
-    pipeline. 'diffusers': `path` is a folder, written whole or not at all. 'lora': `path` is a folder that gets
-    `pytorch_lora_weights.safetensors`. 'kohya': `path` is a `.safetensors` file.
+    pipeline. 'diffusers': `path` is a folder, written whole or not at all. 'single-file' and 'kohya': `path` is a
+    `.safetensors` file. 'lora': `path` is a folder that gets `pytorch_lora_weights.safetensors`.
+    A full-weight run reaches the LoRA formats with `base` (the pipeline it was unlearned from): the SVD of its
+    weight change at `rank` (`lora_extract.extract_lora` returns the approximation error too).
     Nothing is destroyed: an existing file or non-empty folder at `path` is refused unless `overwrite=True`, and a
     `path` that is (or holds) the model being exported (`source`, the run folder it came from, or the folder its
     pipeline was loaded from) is refused even then.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} (or None: as trained)")
     path = Path(path)
     pipe = getattr(result_or_pipeline, "pipeline", result_or_pipeline)
-    if format == "diffusers":
+    if format in ("diffusers", "single-file"):
         check_target(path, format, overwrite, [source, *_loaded_from(pipe)])
-        return save_diffusers(pipe, path)
+        if format == "single-file":
+            return save_single_file(pipe, path, dtype)
+        return save_diffusers(_in_dtype(pipe, dtype), path)
     lora, lora_config = getattr(result_or_pipeline, "lora", None), getattr(result_or_pipeline, "lora_config", None)
+    if lora is None and base is not None:
+        from .lora_extract import extract_lora
+
+        lora, lora_config, _ = extract_lora(base, pipe, rank)
     if lora is None:
         raise ValueError(f"format {format!r} exports a LoRA, but this run trained full weights (it has no LoRA); "
-                         "use format='diffusers', or train with params='lora'")
+                         "pass base=<the pipeline it was unlearned from> to extract one by SVD (rank=...), use "
+                         "format='diffusers' or 'single-file', or train with params='lora'")
     if lora_config is None:
         raise ValueError("the run's LoRA comes without its lora_config (the peft LoraConfig it was trained with), "
                          "which fixes its rank and scale; pass a result that has both")
     check_target(path, format, overwrite, [source, *_loaded_from(pipe)])
+    if dtype is not None:
+        lora = {k: v.to(DTYPES[dtype]) for k, v in lora.items()}
     if format == "lora":
         return save_lora(lora, lora_config, path)
-    return save_kohya(lora, lora_config, path)
+    return save_kohya(lora, lora_config, path, pipe=pipe)
+
+
+def _in_dtype(pipe, dtype):
+    # a copy in `dtype` (the caller's pipeline stays as it was); the same object when nothing changes
+    if dtype is None or all(p.dtype == DTYPES[dtype] for p in pipe.unet.parameters()):
+        return pipe
+    return copy.deepcopy(pipe).to(dtype=DTYPES[dtype])
 
 
 def _loaded_from(pipe) -> list[str]:
@@ -78,12 +106,15 @@ def check_target(path: Path, format: str, overwrite: bool, sources) -> None:
         if where == src or where in src.parents:
             raise ValueError(f"export target {str(path)!r} is or holds the model being exported ({src}); writing "
                              "there would delete it: pass another path")
-    if format in ("diffusers", "lora") and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt"):
+    if format not in FILE_FORMATS and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt"):
         raise ValueError(f"format {format!r} writes a folder, but {str(path)!r} names a file; pass a folder path "
-                         "(one .safetensors file is format 'kohya', for a LoRA run)")
-    if format == "kohya" and path.exists() and path.is_dir():
-        raise ValueError(f"{str(path)!r} is a folder; format 'kohya' writes one .safetensors file: pass a file path")
-    if format != "kohya" and path.exists() and not path.is_dir():
+                         "(one .safetensors file: format 'single-file' for the whole model, 'kohya' for a LoRA)")
+    if format in FILE_FORMATS and path.exists() and path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; format {format!r} writes one .safetensors file: pass a file path")
+    if format in FILE_FORMATS and path.suffix != ".safetensors":
+        raise ValueError(f"format {format!r} writes one .safetensors file; pass a path ending in .safetensors, "
+                         f"got {str(path)!r}")
+    if format not in FILE_FORMATS and path.exists() and not path.is_dir():
         raise ValueError(f"{str(path)!r} is a file; format {format!r} writes a folder: pass a folder path")
     if not overwrite and path.exists() and (path.is_file() or any(path.iterdir())):
         raise ValueError(f"export target {str(path)!r} exists and is not empty; pass overwrite=True (on the command "
@@ -113,6 +144,36 @@ def save_diffusers(pipe, folder: Path) -> Path:
     return folder
 
 
+def save_single_file(pipe, file: Path, dtype: str | None = None) -> Path:
+    """The pipeline's UNet, VAE and text encoder as one `.safetensors` in the original SD layout, checked by
+    diffusers' own converters before it is written (`original_layout.check_round_trip`)."""
+    from safetensors.torch import save_file
+
+    from .original_layout import check_round_trip, original_state_dict
+
+    state = original_state_dict(pipe)
+    check_round_trip(pipe, state)
+    if dtype is not None:
+        state = {k: v.to(DTYPES[dtype]) for k, v in state.items()}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    return file
+
+
+def kohya_metadata(lora: dict[str, torch.Tensor], lora_config, pipe=None, name: str = "") -> dict[str, str]:
+    """kohya's `ss_*` keys (kohya-ss/sd-scripts train_network.py), as strings: what AUTOMATIC1111 sorts LoRAs by
+    (extensions-builtin/Lora/network.py `detect_version`: SD-2 where ss_v2 is "True", SD-1 for any other metadata).
+    The base is told from the cross-attention width of the LoRA's to_k (768: SD-1.x, 1024: SD-2.x)."""
+    width = next((v.shape[1] for k, v in lora.items() if "attn2.to_k.lora_A" in k), None)
+    version = {768: "sd_v1", 1024: "sd_v2"}.get(width, "unlearnkit-embedded")
+    scheduler = getattr(pipe, "scheduler", None)
+    if version == "sd_v2" and getattr(getattr(scheduler, "config", None), "prediction_type", "") == "v_prediction":
+        version += "_v"  # kohya's get_model_version_str_for_sd1_sd2: v-parameterised
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(lora_config.r),
+            "ss_network_alpha": str(float(lora_config.lora_alpha)), "ss_v2": str(version.startswith("sd_v2")),
+            "ss_base_model_version": version, "ss_output_name": name, "format": "pt"}
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -135,7 +196,6 @@ def save_lora(lora: dict[str, torch.Tensor], lora_config, folder: Path) -> Path:
     The metadata carries rank and alpha, so `load_lora_weights` applies the LoRA at the scale it was trained with.
     """
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is a file; format 'lora' writes a folder for load_lora_weights: "
@@ -143,14 +203,18 @@ def save_lora(lora: dict[str, torch.Tensor], lora_config, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as tmp:
         StableDiffusionLoraLoaderMixin.save_lora_weights(
-            tmp, unet_lora_layers=convert_state_dict_to_diffusers(_cpu(lora)),
+            # peft's key names as they are: diffusers' training scripts first rename them to its older
+            # `.lora.down/.lora.up` names (convert_state_dict_to_diffusers), which renames attention layers only —
+            # a LoRA on a convolution too (one extracted from esd-u's run) then loads without its attention part
+            tmp, unet_lora_layers=_cpu(lora),
             unet_lora_adapter_metadata=lora_config.to_dict(), weight_name=LORA_WEIGHT_NAME)
         os.replace(Path(tmp) / LORA_WEIGHT_NAME, folder / LORA_WEIGHT_NAME)
     return folder
 
 
-def save_kohya(lora: dict[str, torch.Tensor], lora_config, file: Path) -> Path:
-    """One kohya-format `.safetensors` file (`lora_unet_*.lora_down.weight`, `.lora_up.weight`, `.alpha`)."""
+def save_kohya(lora: dict[str, torch.Tensor], lora_config, file: Path, pipe=None) -> Path:
+    """One kohya-format `.safetensors` file (`lora_unet_*.lora_down.weight`, `.lora_up.weight`, `.alpha`) with
+    kohya's metadata (`kohya_metadata`)."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_kohya
     from safetensors.torch import save_file
@@ -168,7 +232,8 @@ def save_kohya(lora: dict[str, torch.Tensor], lora_config, file: Path) -> Path:
         scale = lora_config.lora_alpha / (math.sqrt(rank) if lora_config.use_rslora else rank)
         kohya[key] = torch.tensor(scale * rank, dtype=torch.float32)
     file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, lambda tmp: save_file(kohya, tmp, metadata={"format": "pt"}))
+    metadata = kohya_metadata(lora, lora_config, pipe, name=file.stem)
+    atomic_write(file, lambda tmp: save_file(kohya, tmp, metadata=metadata))
     return file
 
 

@@ -192,8 +192,8 @@ def load_pipeline(path_or_id: str | os.PathLike, config: str | os.PathLike | Non
                 f"could not load a pipeline from {str(path_or_id)!r}: {e}. Pass a saved pipeline folder, or a hub id "
                 "whose weights are in the local Hugging Face cache"
             ) from e
-    if getattr(pipe, "safety_checker", None) is not None:
-        pipe.safety_checker = None  # the kit compares images; a blacked-out image would corrupt the metric
+    # a safety checker stays (and `requires_safety_checker` with it), so an export keeps what the model came with; the
+    # kit's own sampler (sampling.py) never calls it, so no image the metric reads is blacked out
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

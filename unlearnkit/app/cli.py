@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 
+RUN_FILE = "run.json"  # in a run folder: the base it was unlearned from (`unlearnkit export` reads it)
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -137,17 +140,15 @@ def cmd_unlearn(args):
             pipe = result.pipeline
             history += [{"stage": i + 1, "forget": task.forget_concept, **h} for h in result.history]
         result.history = history
-    from ..backbone import is_latent
+    from ..export import save_diffusers
 
     target = Path(args.out) / "pipeline"
-    if is_latent(result.pipeline):
-        from ..models import save_unlearned_unet
-
-        base = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # usable from anywhere
-        save_unlearned_unet(result.pipeline, target, base=base,
-                            config=args.config if Path(args.model).is_file() else None)
-    else:
-        result.pipeline.save_pretrained(target)
+    save_diffusers(result.pipeline, target)  # a whole diffusers folder: from_pretrained opens it anywhere
+    # the base as an absolute path (or hub id / 'base'), so export can take the weight change from any directory
+    base = str(Path(args.model).resolve()) if args.model not in (None, "base") and Path(args.model).exists() else \
+        (args.model or "base")
+    config = str(Path(args.config).resolve()) if args.config and Path(args.model).is_file() else None
+    (Path(args.out) / RUN_FILE).write_text(json.dumps({"base": base, "config": config, "method": result.method}))
     if getattr(result, "lora", None) is not None:  # a LoRA run keeps its adapter for `unlearnkit export`
         from ..export import export
 
@@ -190,18 +191,35 @@ def cmd_export(args):
 
     check_target(Path(args.out), args.format, args.overwrite, [args.source])  # before any model loads
     source = Path(args.source)
+    if not source.exists():
+        raise ValueError(f"{args.source!r} does not exist (from {Path.cwd()}); pass a run folder (unlearnkit unlearn "
+                         "--out), a pipeline folder, a single-file checkpoint or a LoRA folder")
     run = (source / "pipeline").is_dir()  # a run folder written by `unlearnkit unlearn --out`
-    if args.format == "diffusers":
-        model = _load(str(source / "pipeline") if run else args.source, args.device, args.config)
-    else:  # the LoRA formats need only the adapter: RUN/lora, or a LoRA folder itself
-        if not source.exists():
-            raise ValueError(f"{args.source!r} does not exist; pass a run folder (unlearnkit unlearn --out) or a "
-                             "LoRA folder")
-        folder = source / "lora" if run else source
-        lora, lora_config = read_lora(folder) if (folder / LORA_WEIGHT_NAME).exists() else (None, None)
-        model = SimpleNamespace(pipeline=None, lora=lora, lora_config=lora_config)
-    return {"format": args.format,
-            "out": str(export(model, args.out, format=args.format, overwrite=args.overwrite, source=args.source))}
+    folder = source / "lora" if run else source
+    kw = dict(format=args.format, overwrite=args.overwrite, source=args.source, dtype=args.dtype)
+    if args.format in ("lora", "kohya") and (folder / LORA_WEIGHT_NAME).exists() and args.base is None:
+        lora, lora_config = read_lora(folder)  # the LoRA formats need only the adapter: RUN/lora or a LoRA folder
+        return {"format": args.format, "out": str(export(SimpleNamespace(pipeline=None, lora=lora,
+                                                                            lora_config=lora_config), args.out, **kw))}
+    model = _load(str(source / "pipeline") if run else args.source, args.device, args.config)
+    if args.format in ("diffusers", "single-file"):
+        return {"format": args.format, "out": str(export(model, args.out, **kw))}
+    # a full-weight run (or pipeline): the LoRA is the SVD of its weight change against the base
+    from ..lora_extract import extract_lora
+
+    base_path = args.base or (json.loads((source / RUN_FILE).read_text())["base"] if (source / RUN_FILE).exists()
+                              else None)
+    if base_path is None:
+        raise ValueError(f"{args.source!r} trained full weights and records no base; pass --base <the model it was "
+                         "unlearned from> to extract a LoRA by SVD of the weight change")
+    base = _load(base_path, args.device, args.config)
+    lora, lora_config, report = extract_lora(base, model, rank=args.rank)
+    out = export(SimpleNamespace(pipeline=model, lora=lora, lora_config=lora_config), args.out, **kw)
+    return {"format": args.format, "out": str(out), "base": base_path, "rank": args.rank, "layers": report.layers,
+            "svd_relative_error": round(report.relative_error, 6), "worst_layer": report.worst_layer,
+            "worst_relative_error": round(report.worst_relative_error, 6),
+            "not_carried": len(report.not_carried),
+            "not_carried_relative_change": round(report.not_carried_relative_change, 6)}
 
 
 def cmd_reproduce(args):
@@ -318,13 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_attack)
 
-    sp = sub.add_parser("export", help="write a run or pipeline as a diffusers folder, a LoRA or a kohya LoRA file")
+    sp = sub.add_parser("export", help="write a run or pipeline as a diffusers folder, one single-file checkpoint, "
+                                       "a LoRA or a kohya LoRA file")
     sp.add_argument("source", help="a run folder (unlearnkit unlearn --out), a pipeline folder, a single-file "
                                    "checkpoint (with --config) or, for the LoRA formats, a LoRA folder")
-    sp.add_argument("--out", required=True, help="a folder (diffusers, lora) or a .safetensors file (kohya)")
-    sp.add_argument("--format", default="diffusers", choices=["diffusers", "lora", "kohya"],
-                    help="diffusers: the whole pipeline; lora: pytorch_lora_weights.safetensors for "
-                         "load_lora_weights; kohya: one file for AUTOMATIC1111 / ComfyUI")
+    sp.add_argument("--out", required=True, help="a folder (diffusers, lora) or a .safetensors file (single-file, "
+                                                 "kohya)")
+    sp.add_argument("--format", default="diffusers", choices=["diffusers", "single-file", "lora", "kohya"],
+                    help="diffusers: the whole pipeline; single-file: one checkpoint in SD's original layout "
+                         "(AUTOMATIC1111 / ComfyUI); lora: pytorch_lora_weights.safetensors for load_lora_weights; "
+                         "kohya: one LoRA file for AUTOMATIC1111 / ComfyUI")
+    sp.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"], help="weights' type (default: as "
+                                                                                     "trained)")
+    sp.add_argument("--rank", type=int, default=16, help="lora/kohya from a full-weight run: the SVD's rank")
+    sp.add_argument("--base", default=None, help="lora/kohya from a full-weight run: the model it was unlearned from "
+                                                 "(default: the one the run folder records)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the source itself)")
     config_arg(sp)
     common(sp)
