@@ -34,7 +34,7 @@ def main(argv=None):
     out = {"task": args.task, "examples": args.examples, "mass": {}, "seconds": {}, "ewc_share": {}}
     for fisher in ("one-t", "reference"):
         start = time.time()
-        run = uk.unlearn(base, task, "sa", steps=1, progress=False, fisher=fisher, fisher_samples=args.examples,
+        run = uk.unlearn(base, task, "sa", progress=False, fisher=fisher, fisher_samples=args.examples,
                          cache_dir=False, **P.method_overrides | {"steps": 1})
         out["seconds"][fisher] = round(time.time() - start, 1)
         out["mass"][fisher] = sum(float(f.double().sum()) for f in run.state["fisher"])

@@ -239,6 +239,7 @@ def test_export_never_destroys(tmp_path, capsys):
     assert (folder / "checkpoint.pt").read_bytes() == b"the run's checkpoint"
     assert main(["export", str(folder), "--out", str(tmp_path / "new"), "--device", "cpu"]) == 0
     assert oct((tmp_path / "new").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    assert oct((tmp_path / "old.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # a file too
 
 
 def _umask():
