@@ -19,9 +19,9 @@ def atomic_write(path: str | Path, write) -> None:
     os.close(fd)
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600: the file a user gets is readable as any other they write
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp (and safetensors) make it 0600: readable as any other file one writes
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
