@@ -3,6 +3,7 @@ kit — against the in-memory model it came from: the max abs image difference, 
 from a full-weight run.
 
     python bench/export_roundtrip.py [--shape sd15-narrow] [--out DIR] [--ranks 4,16,64]
+    python bench/export_roundtrip.py --bad-inputs     # what `unlearnkit export` says to each mistake; files untouched
 
 On a tiny Stable Diffusion of SD-1.x's layout (`sd15-narrow`, random weights, 64 px): a full-weight "run" (the base
 with every cross-attention to_k / to_v and one convolution changed by a rank-8 update, and a bias nudged, which no
@@ -145,13 +146,67 @@ def measure(shape="sd15-narrow", out_dir=None, ranks=(4, 16, 64)) -> list[dict]:
     return rows
 
 
+def bad_inputs(work: Path) -> list[dict]:
+    """Each mistake a user may make with `unlearnkit export`, against a LoRA run folder, a user's folder and an older
+    file: the one line it prints, its exit code, and whether every file stayed as it was."""
+    import contextlib
+    import io
+
+    import unlearnkit as uk
+    from unlearnkit.app.cli import main
+    from unlearnkit.models import build_pipeline
+
+    base = build_pipeline("tiny", seed=0)
+    run = lora_run(base)
+    folder = work / "run"
+    run.pipeline.save_pretrained(folder / "pipeline")
+    uk.export(run, folder / "lora", format="lora")
+    (folder / "checkpoint.pt").write_bytes(b"the run's checkpoint")
+    (work / "mine").mkdir()
+    (work / "mine" / "notes.txt").write_text("a user's file")
+    (work / "old.safetensors").write_bytes(b"an older kohya file")
+    (work / "full").mkdir()
+    base.save_pretrained(work / "full" / "pipeline")  # a full-weight run folder that records no base
+
+    def snapshot():
+        return {str(p.relative_to(work)): p.read_bytes() for p in sorted(work.rglob("*")) if p.is_file()}
+
+    cases = [["run", "--out", "run"], ["run", "--out", "run", "--overwrite"], ["run", "--out", ".", "--overwrite"],
+             ["run/pipeline", "--out", "run/pipeline", "--overwrite"], ["run", "--out", "mine"],
+             ["run", "--out", "run/lora", "--format", "lora"], ["run", "--out", "old.safetensors", "--format", "kohya"],
+             ["run", "--out", "model.safetensors"], ["run", "--out", "mine", "--format", "kohya"],
+             ["run", "--out", "model.ckpt", "--format", "single-file"], ["missing", "--out", "x"],
+             ["run", "--out", "x", "--dtype", "int8"], ["full", "--out", "l", "--format", "lora"]]
+    rows, before = [], snapshot()
+    for case in cases:
+        argv = ["export", *[str(work / a) if i in (0, 2) else a for i, a in enumerate(case)]]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse's own refusals (an unknown choice)
+                code = e.code
+        line = err.getvalue().strip().splitlines()[-1].replace(str(work) + "/", "").replace(str(work), ".")
+        rows.append({"input": "unlearnkit export " + " ".join(case), "exit": code, "says": line,
+                     "one line": err.getvalue().strip().count("\n") == 0, "files untouched": snapshot() == before})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="sd15-narrow")
     ap.add_argument("--out", default=None, help="folder for the exported files (default: a temp folder)")
     ap.add_argument("--ranks", default="4,16,64")
+    ap.add_argument("--bad-inputs", action="store_true", help="print the bad-input table instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.bad_inputs:
+        rows = bad_inputs(Path(args.out or tempfile.mkdtemp(prefix="export-bad-")))
+        print("| input | exit | what it says (one line) | files untouched |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| `{r['input']}` | {r['exit']} | {r['says']} | {'yes' if r['files untouched'] else 'NO'} |")
+        return
     rows = measure(args.shape, args.out, tuple(int(r) for r in args.ranks.split(",")))
     print("| format | from | max abs image difference | the same, vs the run without its bias change | SVD relative "
           "error |")
