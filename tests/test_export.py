@@ -413,3 +413,26 @@ def test_every_format_loads_in_plain_diffusers_in_another_process(tmp_path):
         assert high["svd_relative_error"] < 1e-5 < 0.1 < low["svd_relative_error"]
         assert high["not_carried"] == ["conv_in.bias"] and high["max_abs_diff"] < low["max_abs_diff"]
         assert high["max_abs_diff_carried"] <= LORA_ATOL  # everything but the bias arrives
+
+
+def test_every_kohya_module_has_its_weight_in_the_original_layout(case, tmp_path):
+    # AUTOMATIC1111 and ComfyUI patch a kohya module into the model by its name in SD's original layout
+    # (input_blocks / middle_block / output_blocks): each module of the file must name a UNet layer whose original
+    # key exists (the layout checked against diffusers' own converters) with the shape the LoRA's up @ down gives
+    from unlearnkit.original_layout import UNET_PREFIX, original_state_dict, unet_key
+
+    backbone, base, run, images = case
+    if backbone != "sd":
+        pytest.skip("the embedded model has no original SD layout to map kohya names to")
+    kohya = load_file(uk.export(run, tmp_path / "k.safetensors", format="kohya"))
+    layers = {n.replace(".", "_"): n for n, m in base.unet.named_modules() if hasattr(m, "weight")}
+    original = original_state_dict(base)
+    cfg = base.unet.config
+    up_attention = ["CrossAttn" in t for t in cfg.up_block_types]
+    modules = sorted({k.split(".")[0].removeprefix("lora_unet_") for k in kohya})
+    assert modules and len(modules) == len(kohya) // 3
+    for module in modules:
+        name = layers[module]  # the kohya name is a UNet layer's path with underscores, one layer each
+        key = UNET_PREFIX + unet_key(f"{name}.weight", cfg.layers_per_block, up_attention)
+        up, down = kohya[f"lora_unet_{module}.lora_up.weight"], kohya[f"lora_unet_{module}.lora_down.weight"]
+        assert original[key].shape == (up.flatten(1) @ down.flatten(1)).shape, module
