@@ -30,6 +30,7 @@ def test_stages_retain_nothing_an_earlier_stage_forgot(three_tasks):
     assert not {p for t in three_tasks for p in t.forget_prompts} & set(common.retain_prompts)
 
 
+@pytest.mark.slow  # three stages trained and evaluated, ~14 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_each_stage_starts_from_the_previous_stage(tiny_pipe, three_tasks, monkeypatch):
     seen, data_seen = [], []
     import unlearnkit.train as train

@@ -37,6 +37,7 @@ def _fixed_batch(pipe, task):
     return x_t, t, encode_prompts(pipe, task.forget_prompts[:3]), encode_prompts(pipe, [""] * 3)
 
 
+@pytest.mark.slow  # ESD-u (the authors' chain) 10 steps and GA 6 steps, ~26 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 @torch.no_grad()
 def test_losses_decrease_where_they_should(tiny_pipe, object_task):
     from unlearnkit import losses
@@ -280,6 +281,7 @@ def test_compile_with_inductor_matches_eager(tiny_pipe, object_task):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"]))
 
 
+@pytest.mark.slow  # a run with four forget checks, ~13 s: in .ci/run's slow pass, after the suite (the README's command stays under ~8 min)
 def test_until_forgotten_stops_at_the_first_check_that_says_forgotten(tiny_pipe, object_task, monkeypatch, tmp_path):
     from unlearnkit.evaluation import stopping
 

@@ -115,6 +115,10 @@ def import_user_modules(names) -> list[str]:
 
 
 def cmd_unlearn(args):
+    names = _method_names()  # an unknown name fails at once, before torch loads (methods.canonical says the same)
+    if args.method not in names:
+        raise ValueError(f"unknown method {args.method!r}; known methods: {', '.join(names)} (a method of your own: "
+                         "register_method it, or `unlearnkit --import your_module ...` on the command line)")
     from ..evaluation.stopping import until_forgotten
     from ..methods import make_config
     from ..train import RunOptions, split_settings, unlearn
