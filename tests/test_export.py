@@ -197,6 +197,18 @@ def test_cli_export(tmp_path, capsys):
     (tmp_path / "run" / "lora" / LORA_WEIGHT_NAME).unlink()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "l"), "--format", "lora"]) == 2
     assert "trained full weights" in capsys.readouterr().err
+    # with the base (--base, or the run.json `unlearnkit unlearn` writes), the SVD of its change: the fused rank-4
+    # LoRA comes back whole at rank 4, and the report says so
+    base.save_pretrained(tmp_path / "base")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"base": str(tmp_path / "base")}))
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "svd.safetensors"), "--format", "kohya",
+                 "--rank", str(RANK), "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["base"] == str(tmp_path / "base") and report["svd_relative_error"] < 1e-5
+    assert report["layers"] == len(run.lora) // 2 and report["not_carried"] == 0
+    pipe = copy.deepcopy(base)
+    pipe.load_lora_weights(tmp_path / "svd.safetensors")
+    torch.testing.assert_close(_images(pipe, "embedded"), _images(run.pipeline, "embedded"), atol=LORA_ATOL, rtol=0)
 
 
 def test_export_never_destroys(tmp_path, capsys):
@@ -210,6 +222,7 @@ def test_export_never_destroys(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("a user's file")
     (tmp_path / "old.safetensors").write_bytes(b"an older kohya file")
+    base.save_pretrained(tmp_path / "full" / "pipeline")  # a full-weight run folder that records no base
 
     def snapshot():
         return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
@@ -226,6 +239,9 @@ def test_export_never_destroys(tmp_path, capsys):
         (["export", str(folder), "--out", str(tmp_path / "old.safetensors"), "--format", "kohya"], "exists"),
         (["export", str(folder), "--out", str(tmp_path / "model.safetensors")], "writes a folder, but"),
         (["export", str(folder), "--out", str(tmp_path / "mine"), "--format", "kohya"], "is a folder"),
+        (["export", str(folder), "--out", str(tmp_path / "m.ckpt"), "--format", "single-file"], "ending in .safetensors"),
+        (["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "'" + str(tmp_path / "nope") + "' does not exist"),
+        (["export", str(tmp_path / "full"), "--out", str(tmp_path / "l"), "--format", "lora"], "records no base; pass --base"),
     ]
     for args, message in cases:
         assert main(args) == 2, args
