@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .backbone import with_unet
-from .io import atomic_write
+from .io import WEIGHT_FILE_SUFFIXES, atomic_write
 
 FORMATS = ("diffusers", "single-file", "lora", "kohya")
 FILE_FORMATS = ("single-file", "kohya")  # one .safetensors file; the others write a folder
@@ -106,7 +106,7 @@ def check_target(path: Path, format: str, overwrite: bool, sources) -> None:
         if where == src or where in src.parents:
             raise ValueError(f"export target {str(path)!r} is or holds the model being exported ({src}); writing "
                              "there would delete it: pass another path")
-    if format not in FILE_FORMATS and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt"):
+    if format not in FILE_FORMATS and path.suffix in WEIGHT_FILE_SUFFIXES:
         raise ValueError(f"format {format!r} writes a folder, but {str(path)!r} names a file; pass a folder path "
                          "(one .safetensors file: format 'single-file' for the whole model, 'kohya' for a LoRA)")
     if format in FILE_FORMATS and path.exists() and path.is_dir():

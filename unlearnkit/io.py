@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")  # a path with one of these names a file, not a folder
+
 
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""

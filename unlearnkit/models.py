@@ -19,6 +19,7 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from . import world
+from .io import WEIGHT_FILE_SUFFIXES
 from .losses import check_prediction_type
 from .sampling import sample
 
@@ -179,8 +180,8 @@ def load_pipeline(path_or_id: str | os.PathLike, config: str | os.PathLike | Non
             cls = UnlearnkitPipeline if _class_name(index) == "UnlearnkitPipeline" else DiffusionPipeline
         else:
             text = str(path_or_id)
-            if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or path.suffix in (
-                    ".safetensors", ".ckpt", ".bin", ".pt"):  # a local path, not a hub id ('org/name')
+            local = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+            if local or path.suffix in WEIGHT_FILE_SUFFIXES:  # a local path, not a hub id ('org/name')
                 raise ValueError(f"{text!r} does not exist (from {os.getcwd()}); pass an existing pipeline folder, "
                                  "run folder or checkpoint file, or a hub id ('org/name')")
             cls = DiffusionPipeline
