@@ -452,3 +452,17 @@ def test_every_kohya_module_has_its_weight_in_the_original_layout(case, tmp_path
         key = UNET_PREFIX + unet_key(f"{name}.weight", cfg.layers_per_block, up_attention)
         up, down = kohya[f"lora_unet_{module}.lora_up.weight"], kohya[f"lora_unet_{module}.lora_down.weight"]
         assert original[key].shape == (up.flatten(1) @ down.flatten(1)).shape, module
+
+
+@pytest.mark.slow  # ~40 s: SD-2.x's 23-layer, 1024-wide text encoder built, exported and loaded back
+def test_an_sd2_single_file_loads_back_through_from_single_file(tmp_path):
+    # OpenCLIP's layout (resblocks, q/k/v stacked in in_proj) for the text encoder, v-prediction kept by the config
+    sd2 = build_tiny_sd(PROMPTS["sd"], image_size=64, shape="sd2-narrow")
+    sd2.save_pretrained(tmp_path / "config")
+    file = uk.export(sd2, tmp_path / "sd2.safetensors", format="single-file")
+    keys = load_file(file).keys()
+    assert any(k.startswith("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight") for k in keys)
+    loaded = uk.load_pipeline(file, config=tmp_path / "config", device="cpu")
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(sd2, part).state_dict(), getattr(loaded, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
