@@ -106,6 +106,32 @@ def test_notebook_is_clean_and_holds_no_library_logic(path):
         assert not re.search(r"^\s*(def|class)\s", s, re.M), f"library logic in a notebook cell: {s[:60]!r}"
 
 
+# decimals a markdown cell may hold: settings and constants, never a measured number (those are printed by code
+# from the run they describe, so when a number changes the sentence changes with it)
+MARKDOWN_CONSTANTS = {
+    "02_retention_metric.ipynb": [r"what 0\.01, 0\.03 or 0\.3 look like",  # the ladder's reading guide, LPIPS levels
+                                  r"σ = 0\.\d+( and 0\.\d+)?", r"± 1\.96"],  # the weight-noise levels; a 95% normal interval
+    "05_selective_amnesia.ipynb": [r"weight decay 0\.01"],  # the authors' AdamW setting
+    "10_table1.ipynb": [r"forget rate ≤ 0\.2"],  # evaluation.FORGOT_BELOW
+    "14_uce_ca_fmn.ipynb": [r"weight decay 0\.01"],
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_measured_number_is_typed_into_markdown(path):
+    # a decimal in prose outside LaTeX ($...$) and code spans is a measured number someone typed: it goes stale
+    allowed = [re.compile(a) for a in MARKDOWN_CONSTANTS.get(path.name, [])]
+    typed = []
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", "", "".join(cell["source"]), flags=re.S)
+        for a in allowed:
+            text = a.sub("", text)
+        typed += [text[max(0, m.start() - 30):m.end() + 10] for m in re.finditer(r"(?<![\w.])\d+\.\d+(?![\w.])", text)]
+    assert not typed, f"measured numbers typed into markdown (print them from the run instead): {typed}"
+
+
 def test_claims_are_judged_from_the_numbers():
     import importlib.util
 

@@ -49,3 +49,54 @@ def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> 
                          f"{float(row['lpips_ret']):.3f} [{float(row['lpips_ret_lo']):.3f}, "
                          f"{float(row['lpips_ret_hi']):.3f}], retain accuracy {float(row['retain_accuracy']):.3f}")
     return "\n".join(lines) or f"no Table 1 under {figures_dir}: run notebook 10 first"
+
+
+def _table1(task: str, figures_dir: str, budget: str = "cpu") -> list[dict]:
+    import csv
+    from pathlib import Path
+
+    path = Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def least_damage(task: str = "object", figures_dir: str = "../figures", budget: str = "cpu"):
+    """(display name, LPIPS_ret) of the method with the smallest LPIPS_ret in the committed Table 1 among those
+    that forgot (forget rate <= 0.2); None without the table."""
+    from ..evaluation import FORGOT_BELOW
+
+    rows = [r for r in _table1(task, figures_dir, budget) if r["method"] != "base"
+            and float(r["forget_rate"]) <= FORGOT_BELOW]
+    best = min(rows, key=lambda r: float(r["lpips_ret"]), default=None)
+    return (best["method"], float(best["lpips_ret"])) if best else None
+
+
+def saddle_forms(bench_dir: str = "../bench") -> tuple[str, str]:
+    """(Markdown table, one sentence) of the sweep over Saddle's constraint forms (`bench/tune.py --methods
+    saddle-forms`, rows in bench/tune-{object,style}.json): the sentence says, from the rows, which forms forgot on
+    both tasks at every τ tried."""
+    import json
+    from pathlib import Path
+
+    from ..evaluation import FORGOT_BELOW
+
+    rows = []
+    for task in ("object", "style"):
+        path = Path(bench_dir) / f"tune-{task}.json"
+        for r in json.loads(path.read_text()) if path.exists() else []:
+            if r["method"] == "saddle" and "constraint" in r["overrides"]:
+                rows.append((r["overrides"]["constraint"], r["overrides"].get("tau_mult", 1.0), task, r))
+    if not rows:
+        return "", f"no Saddle-form rows under {bench_dir} (run `python bench/tune.py --methods saddle-forms`)"
+    table = ["| form | τ × | task | forget rate | LPIPS_ret |", "|---|---|---|---|---|"]
+    table += [f"| {form} | {tau:g} | {task} | {r['forget_rate']:.2f} | {r['lpips_ret']:.3f} |"
+              for form, tau, task, r in sorted(rows, key=lambda x: (x[0], x[1], x[2]))]
+    forms = sorted({f for f, *_ in rows})
+    always = [f for f in forms if all(r["forget_rate"] <= FORGOT_BELOW for g, _, _, r in rows if g == f)]
+    never = [f for f in forms if not any(r["forget_rate"] <= FORGOT_BELOW for g, _, t, r in rows if g == f
+                                         and t == "style")]
+    sentence = (f"Forgot at every τ tried, on both tasks: {', '.join(always) or 'no form'}. Never forgot the style: "
+                f"{', '.join(never) or 'none'} (forgot: forget rate ≤ {FORGOT_BELOW}).")
+    return "\n".join(table), sentence
