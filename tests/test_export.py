@@ -407,7 +407,7 @@ def test_a_safety_checker_and_its_flag_survive_load_and_export(tmp_path):
     assert index["safety_checker"][1] == "StableDiffusionSafetyChecker" and index["requires_safety_checker"] is True
 
 
-@pytest.mark.slow  # ~2 min: 13 exports of a tiny SD-1.x, each opened by plain diffusers in its own process
+@pytest.mark.slow  # 2-5 min: 11 exports of a tiny SD-1.x, each opened by plain diffusers in its own process
 def test_every_format_loads_in_plain_diffusers_in_another_process(tmp_path):
     import importlib.util
     from pathlib import Path
