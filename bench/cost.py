@@ -4,7 +4,8 @@
 
 Each method runs in a process of its own (so its peak resident memory is its own) with the profile's settings and
 the task's tuned config, exactly as `run_method` trains it for Table 1, on base images already in the disk cache
-(generated once, before the first method: data generation is common to all and not counted). Seconds: the whole
+(generated once, before the first method: data generation is common to all and not counted; nothing else is read
+from the cache: SA's Fisher is computed in the run). Seconds: the whole
 `unlearn` call (prepare — SalUn's mask, SA's Fisher, UCE's edit — and the loop). UnlearnCanvas reports ESD 6163 s
 and SalUn 667 s on SD-1.x (A100); these are the embedded model's figures on this machine's CPU.
 """
@@ -29,8 +30,15 @@ P = profile(prof)
 task = P.task(task_name)
 base = uk.load_base(device="cpu")
 settings = _settings(task, canonical(method), P, True, {})
+# a fresh cache that shares only the base images: SA's Fisher (cached on disk by the kit) is computed and counted
+import os, tempfile
+from pathlib import Path
+from unlearnkit.data import default_cache_dir
+cache = Path(tempfile.mkdtemp(prefix="cost-cache-"))
+(default_cache_dir() / "samples").mkdir(parents=True, exist_ok=True)
+os.symlink(default_cache_dir() / "samples", cache / "samples")
 start = time.time()
-run = uk.unlearn(base, task, method, progress=False, **settings)
+run = uk.unlearn(base, task, method, progress=False, cache_dir=cache, **settings)
 seconds = time.time() - start
 changed = sum(int((p != q).sum()) for p, q in zip(base.unet.parameters(), run.pipeline.unet.parameters()))
 total = sum(p.numel() for p in base.unet.parameters())
