@@ -161,7 +161,8 @@ def save_single_file(pipe, file: Path, dtype: str | None = None) -> Path:
 
 
 def kohya_metadata(lora: dict[str, torch.Tensor], lora_config, pipe=None, name: str = "") -> dict[str, str]:
-    """kohya's `ss_*` keys (kohya-ss/sd-scripts train_network.py), as strings: what AUTOMATIC1111 sorts LoRAs by
+    """kohya's `ss_*` keys (kohya-ss/sd-scripts train_network.py at 0010c81; its extract_lora_from_models.py writes
+    the same minimum: ss_v2, ss_base_model_version, ss_network_module/dim/alpha), as strings: what AUTOMATIC1111 sorts LoRAs by
     (AUTOMATIC1111 extensions-builtin/Lora/network.py lines 38-45 at 0a0efa3, `detect_version`: SD-2 where ss_v2 is
     "True", SD-1 for any other metadata).
     The base is told from the cross-attention width of the LoRA's to_k (768: SD-1.x, 1024: SD-2.x)."""

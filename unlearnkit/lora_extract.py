@@ -1,6 +1,12 @@
 """A LoRA from a full-weight run: the truncated SVD of each layer's weight change, as kohya's
-`networks/extract_lora_from_models.py` does (kohya-ss/sd-scripts), in peft's format so `export` writes it as a
-diffusers LoRA or a kohya file.
+`networks/extract_lora_from_models.py` does (kohya-ss/sd-scripts, commit 06e89800, `svd`), in peft's format so
+`export` writes it as a diffusers LoRA or a kohya file.
+
+Where it differs from kohya's: kohya puts all of S into the up matrix (the product is the same) and then clamps
+both factors at the 0.99 quantile of their entries (`clamp_quantile`), which changes the product; the kit keeps the
+exact truncation, so its reported error is the SVD's alone. kohya takes the LoRA network's modules (transformer
+Linear layers; 3x3 convolutions only with `conv_dim`) of the UNet and the text encoders; the kit takes every
+Linear and Conv2d of the UNet the run changed (the kit's methods never train the text encoder).
 
 For a Linear or Conv2d weight of the UNet that the run changed, ΔW = W_unlearned − W_base (a convolution's
 flattened to out × in·k·k) is factored ΔW ≈ B A with B = U_r √S_r, A = √S_r V_rᵀ (the rank-r truncation, which
