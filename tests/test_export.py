@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 import unlearnkit as uk
 from unlearnkit.app.cli import main
 from unlearnkit.export import LORA_WEIGHT_NAME, read_lora
+from unlearnkit.io import umask
 from unlearnkit.models import build_pipeline
 from unlearnkit.sampling import sample
 from unlearnkit.sd import build_tiny_sd
@@ -250,16 +251,8 @@ def test_export_never_destroys(tmp_path):
     assert (tmp_path / "old.safetensors").read_bytes() != before
     assert (folder / "checkpoint.pt").read_bytes() == b"the run's checkpoint"
     assert main(["export", str(folder), "--out", str(tmp_path / "new"), "--device", "cpu"]) == 0
-    assert oct((tmp_path / "new").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-    assert oct((tmp_path / "old.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # a file too
-
-
-def _umask():
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert oct((tmp_path / "new").stat().st_mode & 0o777) == oct(0o777 & ~umask())
+    assert oct((tmp_path / "old.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~umask())  # a file too
 
 
 def test_an_original_layout_single_file_loads_offline_like_its_folder():

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .backbone import with_unet
-from .io import WEIGHT_FILE_SUFFIXES, atomic_write
+from .io import WEIGHT_FILE_SUFFIXES, atomic_write, umask
 
 FORMATS = ("diffusers", "single-file", "lora", "kohya")
 FILE_FORMATS = ("single-file", "kohya")  # one .safetensors file; the others write a folder
@@ -58,7 +58,8 @@ def export(result_or_pipeline, path: str | os.PathLike, format: str = "diffusers
             return save_single_file(pipe, path, dtype)
         return save_diffusers(_in_dtype(pipe, dtype), path)
     lora, lora_config = getattr(result_or_pipeline, "lora", None), getattr(result_or_pipeline, "lora_config", None)
-    if lora is None and base is not None:
+    if lora is None and base is not None:  # the SVD of the weight change, once the target is known to be safe
+        check_target(path, format, overwrite, [source, *_loaded_from(pipe)])
         from .lora_extract import extract_lora
 
         lora, lora_config, _ = extract_lora(base, pipe, rank)
@@ -127,7 +128,7 @@ def save_diffusers(pipe, folder: Path) -> Path:
         raise ValueError(f"{str(folder)!r} is a file; format 'diffusers' writes a folder: pass a folder path")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: the folder a user gets is readable as any other
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it 0700: the folder a user gets is readable as any other
     try:
         _without_adapters(pipe).save_pretrained(tmp)
     except BaseException:
@@ -174,12 +175,6 @@ def kohya_metadata(lora: dict[str, torch.Tensor], lora_config, pipe=None, name: 
     return {"ss_network_module": "networks.lora", "ss_network_dim": str(lora_config.r),
             "ss_network_alpha": str(float(lora_config.lora_alpha)), "ss_v2": str(version.startswith("sd_v2")),
             "ss_base_model_version": version, "ss_output_name": name, "format": "pt"}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _without_adapters(pipe):

@@ -13,17 +13,22 @@ import torch
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")  # a path with one of these names a file, not a folder
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back): what a file or folder it creates is masked by."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp (and safetensors) make it 0600: readable as any other file one writes
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp (and safetensors) make it 0600: readable as any other file one writes
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -40,8 +40,8 @@ def extract_lora(base, unlearned, rank: int = 16):
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a positive integer (the LoRA's inner dimension), got {rank!r}")
     base_unet, unet = getattr(base, "unet", base), getattr(unlearned, "unet", unlearned)
-    base_params = dict(base_unet.named_parameters())
-    if set(base_params) != {n for n, _ in unet.named_parameters()}:
+    base_params, params = dict(base_unet.named_parameters()), dict(unet.named_parameters())
+    if set(base_params) != set(params):
         raise ValueError("base and unlearned UNets have different parameters: pass the base the run started from")
     base_modules = dict(base_unet.named_modules())
     state, ranks, err2, total2, worst = {}, {}, 0.0, 0.0, ("", 0.0)
@@ -75,10 +75,10 @@ def extract_lora(base, unlearned, rank: int = 16):
     if not state:
         raise ValueError("the unlearned UNet's Linear and Conv2d weights equal the base's: there is no change to "
                          "extract (pass the base the run started from, or a run that trained)")
-    changed = [n for n, p in unet.named_parameters() if n not in carried and not torch.equal(
+    changed = [n for n, p in params.items() if n not in carried and not torch.equal(
         p.detach(), base_params[n].detach().to(p.device))]
-    moved = sum(float((dict(unet.named_parameters())[n].detach().float().cpu() - base_params[n].detach().float().cpu())
-                      .square().sum()) for n in changed)
+    moved = sum(float((params[n].detach().float().cpu() - base_params[n].detach().float().cpu()).square().sum())
+                for n in changed)
     size = sum(float(base_params[n].detach().float().square().sum()) for n in changed)
     # one rank and alpha for all layers, their exact names as targets; a layer narrower than `rank` keeps its full
     # rank (rank_pattern), its B rescaled above, so every layer adds exactly its B A (kohya: alpha / dim the same)

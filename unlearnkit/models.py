@@ -27,7 +27,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 VOCAB = (*SPECIALS, *world.GRAMMAR_WORDS, *world.OBJECTS, *world.COLOURS, *world.STYLES)
 MAX_TOKENS = 8  # [BOS] a red circle , striped style [EOS]
 BASE_DIR = Path(__file__).parent / "assets" / "base"
-UNET_MARKER = "unlearnkit_unet.json"  # a folder holding only an unlearned UNet and the id of its base
+UNET_MARKER = "unlearnkit_unet.json"  # an older run folder: only an unlearned UNet and the id of its base
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # one-file checkpoints in the original CompVis / A1111 layout
 
 # model sizes: "base" is the shipped model, "tiny" is for fast tests
@@ -245,17 +245,9 @@ def load_base(device="auto", dtype=None) -> UnlearnkitPipeline:
     return load_pipeline(BASE_DIR, device=device, dtype=dtype)
 
 
-def save_unlearned_unet(pipe, folder: str | Path, base: str, config: str | None = None) -> Path:
-    """Save only the changed UNet of an unlearned SD pipeline, plus the base id/path it applies to (and the
-    config folder a single-file base loads with)."""
-    folder = Path(folder)
-    pipe.unet.save_pretrained(folder / "unet")
-    (folder / UNET_MARKER).write_text(json.dumps({"base": str(base), "config": config and str(config)}))
-    return folder
-
-
 def load_unlearned_unet(folder: str | Path, device="auto", dtype=None):
-    """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place."""
+    """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place: the run folders
+    `unlearnkit unlearn` wrote for Stable Diffusion before 2026-12-02 (now it writes a whole diffusers folder)."""
     folder = Path(folder)
     try:
         marker = json.loads((folder / UNET_MARKER).read_text())

@@ -31,17 +31,13 @@ def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> 
     """What Table 1 measured for `method` (its display name: 'ESD', 'SA', 'UCE', ...), read from the committed
     tables (figures/table1_<task>[_full].csv, written by notebook 10): one line per task and budget, so a notebook
     quotes the numbers the kit measured instead of typing them."""
-    import csv
-    from pathlib import Path
-
     lines = []
     for task in ("object", "style"):
         for budget in budgets:
-            path = Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
+            path = _table1_path(task, figures_dir, budget)
             if not path.exists():
                 continue
-            with path.open() as fh:
-                row = next((r for r in csv.DictReader(fh) if r["method"] == method), None)
+            row = next((r for r in _table1(task, figures_dir, budget) if r["method"] == method), None)
             if row is None:
                 lines.append(f"{task}, {budget}: {method} is not in {path.name}")
                 continue
@@ -51,11 +47,17 @@ def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> 
     return "\n".join(lines) or f"no Table 1 under {figures_dir}: run notebook 10 first"
 
 
-def _table1(task: str, figures_dir: str, budget: str = "cpu") -> list[dict]:
-    import csv
+def _table1_path(task: str, figures_dir: str, budget: str = "cpu"):
     from pathlib import Path
 
-    path = Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
+    return Path(figures_dir) / f"table1_{task}{'' if budget == 'cpu' else '_' + budget}.csv"
+
+
+def _table1(task: str, figures_dir: str, budget: str = "cpu") -> list[dict]:
+    """The rows of the committed Table 1 of `task` at `budget` (notebook 10's CSV); [] without it."""
+    import csv
+
+    path = _table1_path(task, figures_dir, budget)
     if not path.exists():
         return []
     with path.open() as fh:
