@@ -81,9 +81,9 @@ def test_evaluate_lists_every_retain_pair_and_intervals(tiny_pipe, object_task, 
     pairs = r["retain_pairs"]
     # prompt-major, seeds inner, neighbour concept first: the order of evaluation
     assert len(pairs) == r["n_retain"] == 8
-    assert [(p["prompt"], p["seed"]) for p in pairs[:3]] == [(object_task.retain_prompts[0], 0),
-                                                             (object_task.retain_prompts[0], 1),
-                                                             (object_task.retain_prompts[1], 0)]
+    held_out = object_task.retain_eval  # the default: the retain prompts no method trained on
+    assert r["on"] == "eval" and set(p["prompt"] for p in pairs) <= set(object_task.held_out)
+    assert [(p["prompt"], p["seed"]) for p in pairs[:3]] == [(held_out[0], 0), (held_out[0], 1), (held_out[1], 0)]
     assert pairs[0]["concept"] == object_task.neighbour_concept == list(r["per_concept"])[0]
     assert sum(p["lpips"] for p in pairs) / len(pairs) == pytest.approx(r["lpips_ret"], rel=1e-6)
     for c, mean in r["per_concept"].items():
@@ -181,13 +181,13 @@ def test_neighbour_and_rest_columns_and_the_did_not_forget_flag():
             return [{"object": "triangle", "colour": "red", "style": "plain"} for _ in images]
 
     base, other = build_pipeline("tiny", seed=0), build_pipeline("tiny", seed=1)
-    task = uk.get_task("object").head(2, 30)  # 25 neighbour (square) prompts first, then 5 others
+    task = uk.get_task("object").head(2, 30)  # held out: 8 neighbour (square) prompts first, then 22 others
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = uk.evaluate(base, other, task, seeds=[0], steps=2, fid=False, classifier=SeesTriangles())
     pairs = torch.tensor([p["lpips"] for p in r["retain_pairs"]])
     near = torch.tensor([p["concept"] == "square" for p in r["retain_pairs"]])
-    assert int(near.sum()) == 25
+    assert int(near.sum()) == 8 and bool(near[:8].all())
     assert r["lpips_neighbour"] == pytest.approx(float(pairs[near].mean()))
     assert r["lpips_rest"] == pytest.approx(float(pairs[~near].mean()))
     assert r["lpips_neighbour_ci"][0] <= r["lpips_neighbour"] <= r["lpips_neighbour_ci"][1]
@@ -195,3 +195,36 @@ def test_neighbour_and_rest_columns_and_the_did_not_forget_flag():
     assert any("did not forget: forget rate 1.00" in str(w.message) for w in caught)
     table = uk.results_table({"x": r})
     assert "LPIPS_ret neighbour" in table and f"{r['lpips_rest']:.3f} [" in table
+
+
+def test_evaluate_reads_the_held_out_part_the_training_part_or_both(tiny_pipe, object_task, lpips):
+    from unlearnkit.models import build_pipeline
+
+    other = build_pipeline("tiny", seed=1)
+    kw = dict(lpips=lpips, seeds=[0], steps=2, fid=False)
+    held, trained = (uk.evaluate(tiny_pipe, other, object_task, on=on, **kw) for on in ("eval", "train"))
+    assert {p["prompt"] for p in held["retain_pairs"]} == set(object_task.retain_eval)
+    assert {p["prompt"] for p in trained["retain_pairs"]} == set(object_task.retain_train)
+    assert not set(object_task.retain_eval) & set(object_task.retain_train)
+    both = uk.evaluate(tiny_pipe, other, object_task, on="both", **kw)
+    assert both["lpips_ret"] == pytest.approx(held["lpips_ret"], rel=1e-6)
+    assert both["train"]["lpips_ret"] == pytest.approx(trained["lpips_ret"], rel=1e-6)
+    assert both["train"]["n_retain"] == trained["n_retain"]
+    table = uk.results_table({"other": both})
+    assert "LPIPS_ret train prompts" in table and "held-out retain prompts" in table
+    with pytest.raises(ValueError, match="on='test'"):
+        uk.evaluate(tiny_pipe, other, object_task, on="test", **kw)
+
+
+def test_forget_seeds_size_the_forget_rate_and_rates_get_wilson_intervals(tiny_pipe, object_task, lpips):
+    from unlearnkit.evaluation import rate_ci
+
+    r = uk.evaluate(tiny_pipe, tiny_pipe, object_task, lpips=lpips, seeds=[0], forget_seeds=[5, 6, 7], steps=2,
+                    fid=False)
+    assert r["n_forget"] == 3 * len(object_task.forget_prompts) and r["forget_seeds"] == [5, 6, 7]
+    assert r["n_retain"] == len(object_task.retain_eval)
+    # Wilson: a rate of 0 or 1 still has an interval of nonzero width; 0 of 30 gives [0, 0.114]
+    rate, (lo, hi) = rate_ci([False] * 30)
+    assert rate == 0 and lo == 0 and hi == pytest.approx(0.1135, abs=1e-3)
+    rate, (lo, hi) = rate_ci([True] * 3 + [False] * 7)
+    assert lo < rate < hi and (lo, hi) == pytest.approx((0.1078, 0.6032), abs=1e-3)

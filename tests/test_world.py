@@ -81,3 +81,70 @@ def test_task_validation():
         uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog", "a cat"])
     with pytest.raises(ValueError, match="not aligned"):
         uk.Task(name="t", forget_prompts=["a cat", "two cats"], retain_prompts=["a dog"], anchor_prompts=["an animal"])
+
+
+def test_retain_prompts_split_by_a_fixed_stratified_rule():
+    from collections import Counter
+
+    from unlearnkit.tasks import held_out_by_rule
+
+    for name in ("object", "style"):
+        t = uk.get_task(name)
+        assert not set(t.retain_eval) & set(t.retain_train)
+        assert set(t.retain_eval) | set(t.retain_train) == set(t.retain_prompts)
+        total, held = Counter(t.retain_concepts), Counter(t.concept_of(p) for p in t.retain_eval)
+        assert set(held) == set(total)  # every concept, the neighbour included, is in both parts
+        for c in total:  # the 2nd, 5th, 8th, ... prompt of each concept: a third, rounded
+            assert held[c] == (total[c] + 1) // 3, c
+        assert t.retain_eval[0] in t.neighbour_prompts  # evaluation order keeps the neighbour first
+        assert t.held_out == held_out_by_rule(t)
+    # the rule on a task without concepts: one list; a lone prompt stays in training
+    t = uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog", "a frog", "a cow", "a pig", "an owl"])
+    assert t.retain_eval == ["a frog", "an owl"] and t.retain_train == ["a dog", "a cow", "a pig"]
+    one = uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog"])
+    assert one.held_out == [] and one.retain_eval == one.retain_train == ["a dog"]
+    none = uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog", "a frog"], held_out=[])
+    assert none.retain_eval == none.retain_train == ["a dog", "a frog"]
+
+
+def test_the_split_survives_cutting_and_a_method_sees_only_the_training_part():
+    t = uk.get_task("object")
+    small = t.head(3, 4)  # each part cut alike
+    assert small.retain_train == t.retain_train[:4] and small.retain_eval == t.retain_eval[:4]
+    view = t.training_view()
+    assert view.retain_prompts == t.retain_train and view.held_out == [] and view.retain_eval == t.retain_train
+    assert [view.concept_of(p) for p in view.retain_prompts] == [t.concept_of(p) for p in t.retain_train]
+    kept = t.keep_retain(t.retain_prompts[::2])
+    assert set(kept.held_out) == set(t.held_out) & set(t.retain_prompts[::2])
+    with pytest.raises(ValueError, match="not a retain prompt.*keep_retain"):
+        uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog", "a frog"], held_out=["a cow"])
+    with pytest.raises(ValueError, match="holds every retain prompt"):
+        uk.Task(name="t", forget_prompts=["a cat"], retain_prompts=["a dog", "a frog"], held_out=["a dog", "a frog"])
+
+
+def test_the_loop_hands_a_method_the_training_part_only(tiny_pipe, object_task):
+    from dataclasses import dataclass
+
+    from unlearnkit.methods import Method, UnlearnConfig, register_method
+    from unlearnkit.methods.base import METHODS
+
+    seen = {}
+
+    @dataclass
+    class PeekConfig(UnlearnConfig):
+        steps: int = 0
+        params: str = "xattn-kv"
+
+    @register_method("peek-retain")
+    class Peek(Method):
+        config_class = PeekConfig
+
+        def prepare(self, ctx):
+            seen["prompts"], seen["task"] = list(ctx.retain_prompts), list(ctx.task.retain_prompts)
+
+    try:
+        uk.unlearn(tiny_pipe, object_task, "peek-retain", progress=False)
+    finally:
+        METHODS.pop("peek-retain", None)
+    assert seen["prompts"] == seen["task"] == object_task.retain_train
+    assert not set(seen["prompts"]) & set(object_task.retain_eval)

@@ -60,6 +60,7 @@ def train(pipe, task, name: str, method: Method, options: RunOptions, out_dir=No
     """The loop: `method` (a `Method` with its config, registered as `name`) on `task`, run under `options`.
     `unlearn` builds its arguments; `run_method` builds them once and calls this."""
     cfg = method.config
+    task = task.training_view()  # a method sees the training part of the retain prompts only, never the held-out
     _check_inputs(name, method, task, stop, data_from, pipe)
     accelerator, pipe = _setup(pipe, cfg, options)
     data, data_fp = _data(pipe, task, cfg, data_from, accelerator.device, cache_dir, options.progress)

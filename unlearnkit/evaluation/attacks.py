@@ -33,10 +33,10 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     """Learn a word that brings `task.forget_concept` back in `pipe` (its UNet and text encoder stay frozen).
 
     `base` makes the reference images (default: `pipe` itself, the attack on the base model). Returns
-    {'recovered_forget_rate', 'recovered_forget_rate_ci' (95% bootstrap over images), 'forget_rate' (the same
+    {'recovered_forget_rate', 'recovered_forget_rate_ci' (95% Wilson interval over images), 'forget_rate' (the same
     prompts with the concept's own word, no attack), 'attack_prompts', 'history' (loss per step), 'seconds'}.
     """
-    from .stats import bootstrap_ci
+    from .stats import rate_ci
     from .judges import forget_hits
     from ..sampling import sample
 
@@ -94,12 +94,13 @@ def attack(pipe, task, kind: str = "embedding", steps: int = 100, base=None, lr:
     table.requires_grad_(False)
 
     # judge: the token's prompts against the concept's own word, same seeds
-    shown = torch.tensor(forget_hits(sample(attacked, attack_prompts, list(seeds), steps=sample_steps,
-                                            guidance_scale=guidance_scale), task, classifier, clip), dtype=torch.float32)
-    plain = torch.tensor(forget_hits(sample(pipe, task.forget_prompts, list(seeds), steps=sample_steps,
-                                            guidance_scale=guidance_scale), task, classifier, clip), dtype=torch.float32)
-    return {"recovered_forget_rate": float(shown.mean()), "recovered_forget_rate_ci": bootstrap_ci(shown),
-            "forget_rate": float(plain.mean()), "forget_rate_ci": bootstrap_ci(plain), "attack_prompts": attack_prompts,
+    shown = forget_hits(sample(attacked, attack_prompts, list(seeds), steps=sample_steps,
+                               guidance_scale=guidance_scale), task, classifier, clip)
+    plain = forget_hits(sample(pipe, task.forget_prompts, list(seeds), steps=sample_steps,
+                               guidance_scale=guidance_scale), task, classifier, clip)
+    (recovered, recovered_ci), (rate, ci) = rate_ci(shown), rate_ci(plain)
+    return {"recovered_forget_rate": recovered, "recovered_forget_rate_ci": recovered_ci,
+            "forget_rate": rate, "forget_rate_ci": ci, "attack_prompts": attack_prompts,
             "token": token, "steps": steps, "history": history, "seconds": time.time() - start}
 
 

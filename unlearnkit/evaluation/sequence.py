@@ -20,11 +20,10 @@ def stage_tasks(tasks: list[Task]) -> list[Task]:
         raise ValueError("tasks is empty; give the tasks to erase in order, e.g. [get_task('object'), ...]")
     forgotten, out = set(), []
     for t in tasks:
-        keep = [i for i, p in enumerate(t.retain_prompts) if p not in forgotten]
+        keep = [p for p in t.retain_prompts if p not in forgotten]
         if not keep:
             raise ValueError(f"task {t.name!r} has no retain prompt left once earlier stages' forget prompts are removed")
-        concepts = [t.retain_concepts[i] for i in keep] if t.retain_concepts else []
-        out.append(replace(t, retain_prompts=[t.retain_prompts[i] for i in keep], retain_concepts=concepts))
+        out.append(t.keep_retain(keep))
         forgotten |= set(t.forget_prompts)
     return out
 
@@ -60,14 +59,13 @@ def common_retain(tasks: list[Task], max_retain: int | None = None) -> Task:
     order (its neighbour first), cut to `max_retain`; its forget prompts are the first task's."""
     forgotten = {p for t in tasks for p in t.forget_prompts}
     first = tasks[0]
-    keep = [i for i, p in enumerate(first.retain_prompts) if p not in forgotten][:max_retain]
-    concepts = [first.retain_concepts[i] for i in keep] if first.retain_concepts else []
-    return replace(first, name="+".join(t.name for t in tasks) + "-common",
-                   retain_prompts=[first.retain_prompts[i] for i in keep], retain_concepts=concepts)
+    common = first.keep_retain([p for p in first.retain_prompts if p not in forgotten]).head(max_retain=max_retain)
+    return replace(common, name="+".join(t.name for t in tasks) + "-common")
 
 
 def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | None = None, **evaluate_kw) -> list[dict]:
-    """After each stage: LPIPS_ret [CI] and accuracy against the original `base` on the prompts no stage forgets,
+    """After each stage: LPIPS_ret [CI] and accuracy against the original `base` on the prompts no stage forgets
+    (their held-out part, as `evaluate` reads by default),
     and the forget rate of every concept erased so far. Returns one dict per stage:
     {'stage', 'concept', 'lpips_ret', 'lpips_ret_ci', 'retain_accuracy', 'forget_rates': {concept: rate},
     'forget_rates_ci': {concept: (lo, hi)}} (95% bootstrap over the forget prompts × seeds)."""
@@ -86,9 +84,8 @@ def evaluate_sequence(base, results: list, tasks: list[Task], max_retain: int | 
             keep = range(len(common.retain_prompts)) if k == i else _one_per_concept(common)
             probe = replace(common, name=f"{tasks[k].name}-probe", forget_prompts=tasks[k].forget_prompts,
                             anchor_prompts=tasks[k].anchor_prompts, forget_concept=tasks[k].forget_concept,
-                            kind=tasks[k].kind, relabel_concepts=[],
-                            retain_prompts=[common.retain_prompts[j] for j in keep],
-                            retain_concepts=[common.retain_concepts[j] for j in keep] if common.retain_concepts else [])
+                            kind=tasks[k].kind, relabel_concepts=[]
+                            ).keep_retain([common.retain_prompts[j] for j in keep])
             r = evaluate(base, result.pipeline, probe, fid=False, **evaluate_kw)
             row["forget_rates"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate")
             row["forget_rates_ci"][tasks[k].forget_concept or tasks[k].name] = r.get("forget_rate_ci")

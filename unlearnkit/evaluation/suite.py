@@ -38,7 +38,7 @@ class Evaluation:
     per_concept: dict  # lpips_ret per retain concept, neighbour first (eq. 27)
     n_retain: int
     n_forget: int
-    seeds: list
+    seeds: list  # the seeds of the retain pairs
     steps: int
     guidance_scale: float
     seconds: float = 0.0
@@ -60,6 +60,9 @@ class Evaluation:
     fid_ci: tuple | None = None
     fid_features: str | None = None
     clip_score: float | None = None  # CLIPScore of the retain images (with clip=)
+    on: str = "eval"  # which retain prompts: 'eval' (held out from training), 'train', or 'all' (a task without split)
+    forget_seeds: list | None = None  # the seeds of the forget images (forget rate, LPIPS_forget)
+    train: dict | None = None  # with on='both': LPIPS_ret, I, per concept, neighbour/rest, accuracy on the training part
     extra: dict = field(default_factory=dict)  # what a caller adds (`ev["train_seconds"] = ...`)
 
     def keys(self):
@@ -103,28 +106,47 @@ def _pairs(prompts, seeds):
     return [p for p, _ in pairs], [s for _, s in pairs]
 
 
+ON = ("eval", "train", "both")
+# the retain part's measurements `on='both'` repeats on the training part (`Evaluation.train`)
+TRAIN_KEYS = ("lpips_ret", "lpips_ret_ci", "integrity", "per_concept", "n_retain", "lpips_neighbour",
+              "lpips_neighbour_ci", "lpips_rest", "lpips_rest_ci", "retain_accuracy", "retain_accuracy_ci", "fid")
+
+
 def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
              lpips: LPIPSDistance | None = None, clip=None, batch_size: int | None = None,
-             progress: bool | None = None, forgot_below: float = FORGOT_BELOW) -> Evaluation:
+             progress: bool | None = None, forgot_below: float = FORGOT_BELOW, on: str = "eval",
+             forget_seeds=None) -> Evaluation:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`: an `Evaluation`.
 
     LPIPS_ret and I with their interval, per concept (neighbour first), on the neighbour's pairs and the rest; the
     forget rate and retain accuracy of both models with intervals, judged by the concept classifier on the embedded
     world or, elsewhere, with `clip` (a path / hub id, or a (model, processor) pair) by CLIP zero-shot over the
     task's concepts (plus clip_score); FID on the classifier's features (embedded world, `fid=True`).
-    `max_retain` evaluates the first N retain prompts (neighbour prompts come first). `forgot` is True when
-    forget_rate <= `forgot_below` (else a warning says so: integrity means little where nothing was forgotten).
+    `on`: which retain prompts — 'eval' (default: `task.retain_eval`, held out from every method's training),
+    'train' (`task.retain_train`, the ones the methods with retain data trained on), or 'both' (eval, and the
+    retain measurements on the training part in `.train`). A task without a split reads all its retain prompts
+    (`.on` says 'all'). `max_retain` evaluates the first N prompts of that part (neighbour prompts come first).
+    `forget_seeds` (default: `seeds`): the seeds of the forget images, the forget rate's sample; more seeds, a
+    narrower interval (a Wilson interval, `stats.rate_ci`). `forgot` is True when forget_rate <= `forgot_below`
+    (else a warning says so: integrity means little where nothing was forgotten).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; evaluate needs at least one seed, e.g. seeds=[0, 1]")
+    forget_seeds = seeds if forget_seeds is None else [int(s) for s in forget_seeds]
+    if not forget_seeds:
+        raise ValueError("forget_seeds is empty; give at least one seed, or None for the retain seeds")
+    if on not in ON:
+        raise ValueError(f"on={on!r}: choose 'eval' (the held-out retain prompts), 'train' (the training ones) or "
+                         "'both'")
     start = time.time()
     lpips = lpips or LPIPSDistance(lpips_net, lpips_size)
-    retain_prompts = task.retain_prompts[:max_retain] if max_retain else task.retain_prompts
+    part = task.retain_train if on == "train" else task.retain_eval
+    retain_prompts = part[:max_retain] if max_retain else part
     r_prompts, r_seeds = _pairs(retain_prompts, seeds)
-    f_prompts, f_seeds = _pairs(task.forget_prompts, seeds)
+    f_prompts, f_seeds = _pairs(task.forget_prompts, forget_seeds)
     base_fp = pipeline_fingerprint(base)
     same = pipeline_fingerprint(unlearned) == base_fp
 
@@ -148,7 +170,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
                      lpips_forget=float(d_f.mean()), lpips_forget_ci=bootstrap_ci(d_f), lpips_net=lpips.name,
                      retain_pairs=pairs, per_concept={k: sum(v) / len(v) for k, v in per.items()},
                      n_retain=len(r_prompts), n_forget=len(f_prompts), seeds=seeds, steps=steps,
-                     guidance_scale=guidance_scale)
+                     guidance_scale=guidance_scale, on=("train" if on == "train" else "eval") if task.held_out else "all",
+                     forget_seeds=forget_seeds)
     # the paper's claim (a): the neighbour concept pays most. LPIPS_ret on its prompts and on the rest, with intervals
     near = torch.tensor([p["concept"] == task.neighbour_concept for p in pairs])
     if task.neighbour_concept and near.any() and not near.all():
@@ -170,6 +193,12 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
             out.fid_features = "concept classifier (128-d penultimate layer), not Inception"
         if judge.name == "clip":
             out.clip_score = clip_score(judge.model, new_r, r_prompts)
+    if on == "both" and task.held_out:
+        train = evaluate(base, unlearned, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale, lpips=lpips,
+                         max_retain=max_retain, cache_dir=cache_dir, classifier=classifier, fid=fid, clip=clip,
+                         batch_size=batch_size, progress=progress, forgot_below=forgot_below, on="train",
+                         forget_seeds=forget_seeds)
+        out.train = {k: train[k] for k in TRAIN_KEYS if k in train}
     out.seconds = time.time() - start
     out.forgot = None if out.forget_rate is None else out.forget_rate <= forgot_below
     if out.forgot is False and (1.0 if out.base_forget_rate is None else out.base_forget_rate) > forgot_below:

@@ -14,14 +14,19 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
             ("forget rate", "forget_rate", "{:.3f}"), ("LPIPS_ret", "lpips_ret", "{:.3f}"),
             ("I", "integrity", "{:.3f}"), ("LPIPS_ret neighbour", "lpips_neighbour", "{:.3f}"),
             ("LPIPS_ret rest", "lpips_rest", "{:.3f}"), ("LPIPS_forget", "lpips_forget", "{:.3f}")]
+    if any(r.get("train") for r in results.values()):  # evaluate(on="both"): the training prompts beside
+        cols.insert(5, ("LPIPS_ret train prompts", "train_lpips_ret", "{:.3f}"))
     lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     csv = ["method," + ",".join(k for _, k, _ in cols) + ",lpips_ret_lo,lpips_ret_hi"]
     for method, r in results.items():
+        train = r.get("train") or {}
+        r = {**dict(r), **({"train_lpips_ret": train["lpips_ret"], "train_lpips_ret_ci": train["lpips_ret_ci"]}
+                           if train else {})}
         cells = []
         for _, key, fmt in cols:
             v = r.get(key)
             cell = "—" if v is None else fmt.format(v)
-            if key in ("lpips_ret", "lpips_neighbour", "lpips_rest") and v is not None:
+            if key in ("lpips_ret", "lpips_neighbour", "lpips_rest", "train_lpips_ret") and v is not None:
                 cell = format_ci(v, r[key + "_ci"])
             if key == "integrity" and v is not None:
                 lo, hi = r["lpips_ret_ci"]
@@ -30,8 +35,14 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         csv.append(method + "," + ",".join("" if r.get(k) is None else f"{r[k]:.6g}" for _, k, _ in cols)
                    + ",{:.6g},{:.6g}".format(*r["lpips_ret_ci"]))
-    net = next(iter(results.values())).get("lpips_net", "?") if results else "?"
-    md = "\n".join(lines) + f"\n\nLPIPS network: {net}. Intervals: 95% bootstrap over prompts × seeds.\n"
+    first = next(iter(results.values())) if results else {}
+    net, on = first.get("lpips_net", "?"), first.get("on", "all")
+    part = {"eval": "the held-out retain prompts (no method trained on them)", "train": "the training retain prompts",
+            "all": "every retain prompt"}.get(on, on)
+    md = "\n".join(lines) + (f"\n\nLPIPS network: {net}. Retain columns on {part}"
+                             + ("; *LPIPS_ret train prompts* on the ones the methods trained on" if "train_lpips_ret"
+                                in {k for _, k, _ in cols} else "")
+                             + ". Intervals: 95% bootstrap over prompts × seeds; rates: Wilson.\n")
     if path:
         path = Path(path)
         atomic_write(path.with_suffix(".md"), lambda t: Path(t).write_text(md))

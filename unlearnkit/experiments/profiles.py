@@ -16,6 +16,9 @@ class Profile:
     # {method: overrides} for one method's own fields, where a profile's budget differs from its authors' recipe
     method_settings: dict = field(default_factory=dict)
     eval_seeds: tuple = (0, 1)  # seeds of the retention metric
+    # seeds of the forget images (the forget rate's sample): more than the retention metric's, so the rate's interval
+    # is narrow enough to decide forgot / not forgot; none of them is a training (DATA_SEED0 + ...) or check seed
+    forget_seeds: tuple = (0, 1, 2, 3)
     max_retain: int | None = 40  # retain prompts evaluated (neighbour concept first)
     max_forget: int | None = None  # forget prompts kept in the task (None: all)
     sample_steps: int = 20  # DDIM steps when evaluating
@@ -57,8 +60,9 @@ class Profile:
 
     @property
     def evaluation(self) -> dict:
-        """`evaluate`'s settings under this profile: seeds, max_retain and the sampler."""
-        return {"seeds": list(self.eval_seeds), "max_retain": self.max_retain, **self.sampler}
+        """`evaluate`'s settings under this profile: seeds, forget seeds, max_retain and the sampler."""
+        return {"seeds": list(self.eval_seeds), "forget_seeds": list(self.forget_seeds), "max_retain": self.max_retain,
+                **self.sampler}
 
 
 # the authors' costly parts, sized per profile (docs/RESULTS.md, "Cost"): SA's Fisher sums 1000 timesteps per replay
@@ -70,7 +74,7 @@ SMOKE_CHEAP = {"sa": dict(fisher="one-t"), "esd-x": dict(x_t="data"), "esd-u": d
 PROFILES = {
     "smoke": Profile("smoke", method_overrides=dict(steps=2, batch_size=2, data_steps=2, data_seeds=1),
                      method_settings=SMOKE_CHEAP,
-                     eval_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,),
+                     eval_seeds=(0,), forget_seeds=(0,), max_retain=4, max_forget=2, sample_steps=2, figure_seeds=(0,),
                      attack_settings=dict(steps=2, batch_size=2, data_seeds=1, data_steps=2, seeds=(0,),
                                           sample_steps=2)),
     # 10 DDIM steps for data and evaluation: half the sampling time of 20, object accuracy 91% vs 95% (README);
@@ -86,7 +90,7 @@ PROFILES = {
     # run cache; the other notebooks on it are not timed
     "full": Profile("full", method_overrides=dict(data_steps=10), method_settings={"sa": dict(fisher_samples=8)},
                     eval_seeds=(0, 1), max_retain=None, sample_steps=10),
-    "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), max_retain=None, figure_seeds=(0, 1, 2),
+    "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), forget_seeds=tuple(range(8)), max_retain=None, figure_seeds=(0, 1, 2),
                    attack_settings=dict(steps=300, data_seeds=2, data_steps=20, seeds=(0, 1, 2, 3), sample_steps=20)),
 }
 

@@ -148,7 +148,7 @@ def uce_kv_change(base, unlearned, task) -> dict[str, dict[str, float]]:
     pipe = getattr(unlearned, "pipeline", unlearned)
     prompts = SimpleNamespace(pipe=base, forget_prompts=task.forget_prompts, anchor_prompts=task.anchor_prompts,
                               e_f=encode_prompts(base, task.forget_prompts), e_a=encode_prompts(base, task.anchor_prompts))
-    (c, c_star), p = token_rows(prompts, "concept"), encode_prompts(base, task.retain_prompts).flatten(0, 1)
+    (c, c_star), p = token_rows(prompts, "concept"), encode_prompts(base, task.retain_train).flatten(0, 1)
     edited = dict(pipe.unet.named_parameters())
     out = {"erased token, base: ‖Wc − Wc*‖/‖Wc*‖": {}, "erased token, UCE: ‖W'c − Wc*‖/‖Wc*‖": {},
            "retain tokens: ‖W'p − Wp‖/‖Wp‖": {}}
