@@ -10,6 +10,11 @@ climbs with OVW's checks). Then it evaluates each against the base and checks:
   (a) neighbour the neighbour concept pays most: LPIPS_ret on its prompts above the rest's, intervals disjoint
   (b) help      OVW (and Saddle) keep the model closer to the base than every baseline that forgot (ESD, SalUn, SA)
   (c) L_help    removing L_help from OVW raises LPIPS_ret (intervals disjoint)
+Each claim is judged twice: on the held-out retain prompts (no method trained on them; `evaluate`'s default) and on
+the training retain prompts (the ones L_help, SalUn's retain loss and SA's replay saw). And for each method, the
+stopping check's last forget rate (on `CHECK_SEEDS`) beside the evaluation's (on the profile's `forget_seeds`), each
+with its Wilson interval: do the two agree (intervals overlap)?
+`--all` adds the baselines beyond the paper (UCE, CA, CA (noise), FMN); UCE, a closed form, runs once.
 Runs are cached (`run_method`), so a second call or an interrupted one costs only what is missing.
 """
 
@@ -21,10 +26,14 @@ import sys
 from pathlib import Path
 
 from unlearnkit import world
-from unlearnkit.experiments import ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, profile, run_until_forgotten
+from unlearnkit.experiments import (ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, TABLE_EXTRAS, profile,
+                                    run_method, run_until_forgotten)
 from unlearnkit.io import atomic_write
-from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, evaluate, format_ci
+from unlearnkit.evaluation import CHECK_SEEDS, FORGOT_BELOW, LPIPSDistance, evaluate, format_ci, rate_ci
+from unlearnkit.methods import make_config
 from unlearnkit.models import load_base
+
+BEYOND = {label: m for label, (m, kw) in TABLE_EXTRAS.items() if not kw}  # UCE, CA, CA (noise), FMN
 
 BASELINES, HELPED = ("ESD", "SalUn", "SA", "UCE", "CA", "CA (noise)", "FMN"), ("OVW", "Saddle")  # rivals: those present
 
@@ -55,39 +64,72 @@ def claims(results: dict) -> list[tuple[str, str, bool | None, str]]:
     return out
 
 
+def on_training_prompts(results: dict) -> dict:
+    """The same results with the retain measurements of the training prompts (`evaluate(on="both")`'s `.train`)."""
+    return {m: {**dict(r), **r["train"]} for m, r in results.items()}
+
+
+def check_agreement(run, n_forget: int, r) -> dict | None:
+    """The stopping check's last forget rate and the evaluation's, each with its Wilson interval; None: no check."""
+    if not run.forget_checks:
+        return None
+    step, rate = max(run.forget_checks.items())
+    n = n_forget * len(CHECK_SEEDS)
+    _, ci = rate_ci([True] * round(rate * n) + [False] * (n - round(rate * n)))
+    ev, ev_ci = r["forget_rate"], r["forget_rate_ci"]
+    return {"check_step": step, "check": rate, "check_ci": ci, "check_images": n, "eval": ev, "eval_ci": ev_ci,
+            "eval_images": r["n_forget"], "agree": ci[0] <= ev_ci[1] and ev_ci[0] <= ci[1]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--forget", required=True, help="a concept word of the embedded world")
     ap.add_argument("--neighbour", required=True, help="the retain concept of the same kind to watch")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", default=None, help="JSON with every evaluation and claim (default bench/claims-WORD.json)")
+    ap.add_argument("--all", action="store_true", help="also the baselines beyond the paper: UCE, CA, CA (noise), FMN")
     args = ap.parse_args(argv)
     P = profile(args.profile)
     task = P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
     base, lpips = load_base(), LPIPSDistance()
-    results, trained = {}, {}
-    for m, label in FIGURE_METHODS.items():
-        run = run_until_forgotten(base, task, m, P, progress=False, like="ovw" if m == "ovw-nohelp" else None)
-        results[label] = evaluate(base, run.pipeline, task, lpips=lpips, progress=False, **P.evaluation)
+    results, trained, agreement = {}, {}, {}
+    methods = {**{label: m for m, label in FIGURE_METHODS.items()}, **(BEYOND if args.all else {})}
+    for label, m in methods.items():
+        if make_config(m).steps == 0:  # a closed form: one edit, nothing to train until forgotten
+            run = run_method(base, task, m, P, progress=False)
+        else:
+            run = run_until_forgotten(base, task, m, P, progress=False, like="ovw" if m == "ovw-nohelp" else None)
+        results[label] = evaluate(base, run.pipeline, task, lpips=lpips, progress=False, on="both", **P.evaluation)
         trained[label] = {"lr": run.config.lr, "steps": len(run.history), "checks": run.forget_checks}
-    rows = claims(results)
+        agreement[label] = check_agreement(run, len(task.forget_prompts), results[label])
+    rows, train_rows = claims(results), claims(on_training_prompts(results))
     rule = KIND_RULES.get(task.kind)
     print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile; "
           + (f"the {task.kind} rule {rule}, else the defaults" if rule else "method defaults")
           + f", trained until forgotten: at most {ESCALATE_STEPS}x the steps, lr x {', '.join(map(str, ESCALATION))})")
     print("| method | lr | steps | held-out checks (step: forget rate) |\n|---|---|---|---|")
     for label, t in trained.items():
-        print(f"| {label} | {t['lr']:.2g} | {t['steps']} | " + ", ".join(f"{k}: {v:.2f}" for k, v in t["checks"].items()) + " |")
-    print("| claim | method | holds | numbers |\n|---|---|---|---|")
-    for claim, who, holds, numbers in rows:
-        print(f"| {claim} | {who} | {'—' if holds is None else ('holds' if holds else 'fails')} | {numbers} |")
+        lr = f"{t['lr']:.2g}" if t["steps"] else "— (closed form)"
+        print(f"| {label} | {lr} | {t['steps']} | " + ", ".join(f"{k}: {v:.2f}" for k, v in t["checks"].items()) + " |")
+    print("| method | last check [Wilson 95%] (images) | evaluation [Wilson 95%] (images) | agree |\n|---|---|---|---|")
+    for label, a in agreement.items():
+        if a:
+            print(f"| {label} | {format_ci(a['check'], a['check_ci'], 2)} ({a['check_images']}) | "
+                  f"{format_ci(a['eval'], a['eval_ci'], 2)} ({a['eval_images']}) | {'yes' if a['agree'] else 'no'} |")
+    print("| claim | method | held-out prompts | training prompts | numbers (held-out) |\n|---|---|---|---|---|")
+    word = lambda h: "—" if h is None else ("holds" if h else "fails")  # noqa: E731
+    for (claim, who, holds, numbers), (_, _, holds_train, _) in zip(rows, train_rows):
+        print(f"| {claim} | {who} | {word(holds)} | {word(holds_train)} | {numbers} |")
     out = Path(args.out or f"bench/claims-{args.forget}.json")
     keep = ("lpips_ret", "lpips_ret_ci", "lpips_neighbour", "lpips_neighbour_ci", "lpips_rest", "lpips_rest_ci",
-            "forget_rate", "retain_accuracy")
+            "forget_rate", "forget_rate_ci", "retain_accuracy", "n_retain", "n_forget")
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(
-        {"forget": args.forget, "neighbour": args.neighbour, "profile": P.name,
-         "results": {m: {**{k: r.get(k) for k in keep}, **trained[m]} for m, r in results.items()},
-         "claims": [dict(zip(("claim", "method", "holds", "numbers"), c)) for c in rows]}, indent=1)))
+        {"forget": args.forget, "neighbour": args.neighbour, "profile": P.name, "retain": "held-out (train beside)",
+         "results": {m: {**{k: r.get(k) for k in keep}, **trained[m],
+                         "train": {k: r["train"].get(k) for k in keep if k in r["train"]},
+                         "check_agreement": agreement[m]} for m, r in results.items()},
+         "claims": [dict(zip(("claim", "method", "holds", "numbers"), c)) | {"holds_on_training_prompts": t[2]}
+                    for c, t in zip(rows, train_rows)]}, indent=1, default=str)))
 
 
 if __name__ == "__main__":
