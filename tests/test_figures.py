@@ -99,3 +99,23 @@ def test_figure_path_keeps_each_profiles_figures_apart(tmp_path, monkeypatch):
     assert figure_path("smoke", tmp_path, "table1.md").parent != tmp_path  # tests never touch figures/
     full = profile("full")
     assert full.method_overrides.get("steps", 100) == 100 and len(full.eval_seeds) >= 2 and full.max_retain is None
+
+
+def test_notebook_sentences_are_written_from_the_numbers():
+    from types import SimpleNamespace
+
+    from unlearnkit.app.notebook import neighbour_verdict, trained_config
+    from unlearnkit.methods import make_config
+
+    results = {"base": {}, "A": {"forget_rate": 0.0, "lpips_neighbour": 0.3, "lpips_neighbour_ci": (0.25, 0.35),
+                                 "lpips_rest": 0.1, "lpips_rest_ci": (0.08, 0.12)},
+               "B": {"forget_rate": 0.1, "lpips_neighbour": 0.1, "lpips_neighbour_ci": (0.05, 0.15),
+                     "lpips_rest": 0.1, "lpips_rest_ci": (0.08, 0.12)},
+               "C": {"forget_rate": 0.9, "lpips_neighbour": 0.3, "lpips_neighbour_ci": (0.25, 0.35),
+                     "lpips_rest": 0.1, "lpips_rest_ci": (0.08, 0.12)}}
+    text = neighbour_verdict(results)
+    assert text.startswith("Claim (a), neighbour above the rest with disjoint intervals, holds for 1 of 2")
+    assert "A (0.300 vs 0.100)" in text and "does not for B" in text and "did not forget): C" in text
+    run = SimpleNamespace(method="esd-x", config=make_config("esd-x", lr=1e-3, steps=50))  # default lr 3e-4
+    assert trained_config(run) == "esd-x trained with steps=50, lr=0.001 (every other field at the method's default)"
+    assert trained_config(SimpleNamespace(method="esd-x", config=make_config("esd-x"))) == "esd-x trained with its defaults"

@@ -102,3 +102,43 @@ def saddle_forms(bench_dir: str = "../bench") -> tuple[str, str]:
     sentence = (f"Forgot at every τ tried, on both tasks: {', '.join(always) or 'no form'}. Never forgot the style: "
                 f"{', '.join(never) or 'none'} (forgot: forget rate ≤ {FORGOT_BELOW}).")
     return "\n".join(table), sentence
+
+
+def number(v) -> str:
+    """A value as the notebooks print it: floats to 3 significant digits, the rest as repr."""
+    return f"{v:.3g}" if isinstance(v, float) else repr(v)
+
+
+def trained_config(run) -> str:
+    """The config that trained `run`, in one line: the fields that differ from the method's defaults. `run_method`
+    set them: the profile's sizes (steps, data), the task's tuned config, any override; and it caches the run."""
+    from dataclasses import fields
+
+    from ..methods import make_config
+
+    default = make_config(run.method)
+    changed = {f.name: getattr(run.config, f.name) for f in fields(run.config)
+               if getattr(run.config, f.name) != getattr(default, f.name)}
+    return (f"{run.method} trained with " + (", ".join(f"{k}={number(v)}" for k, v in changed.items()) or "its defaults")
+            + (" (every other field at the method's default)" if changed else ""))
+
+
+def neighbour_verdict(results: dict, forgot_below: float = 0.2) -> str:
+    """The paper's claim (a), read from `results` ({method: evaluate result}): for which methods that forgot is
+    LPIPS_ret on the neighbour's pairs above the rest's, intervals disjoint; a sentence written from the numbers."""
+    holds, fails, untested = [], [], []
+    for name, r in results.items():
+        if name == "base" or "lpips_neighbour" not in r:
+            continue
+        if r.get("forget_rate") is not None and r["forget_rate"] > forgot_below:
+            untested.append(name)
+            continue
+        (lo, _), (_, hi) = r["lpips_neighbour_ci"], r["lpips_rest_ci"]
+        (holds if lo > hi else fails).append(f"{name} ({r['lpips_neighbour']:.3f} vs {r['lpips_rest']:.3f})")
+    text = (f"Claim (a), neighbour above the rest with disjoint intervals, holds for {len(holds)} of "
+            f"{len(holds) + len(fails)} methods that forgot: " + (", ".join(holds) or "none") + ". ")
+    if fails:
+        text += "It does not for " + ", ".join(fails) + " (neighbour vs rest). "
+    if untested:
+        text += "Not testable (did not forget): " + ", ".join(untested) + "."
+    return text.strip()
