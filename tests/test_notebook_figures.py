@@ -36,9 +36,16 @@ def shared_cache(tmp_path_factory):
 # slow: papermill runs these notebooks again after nbmake has (minutes); .ci/run's slow pass runs it
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_executed_notebook_holds_its_figures_as_images(name, tmp_path, monkeypatch, shared_cache):
+@pytest.mark.parametrize("static", [True, False], ids=["static", "plain-papermill"])
+def test_executed_notebook_holds_its_figures_as_images(name, static, tmp_path, monkeypatch, shared_cache):
+    # plain papermill: no UNLEARNKIT_STATIC, so the explorer and the sliders take their kernel path, and still the
+    # figure they draw is saved (an ordinary output the controls update in place)
     import papermill as pm
 
+    if static:
+        monkeypatch.setenv("UNLEARNKIT_STATIC", "1")
+    else:
+        monkeypatch.delenv("UNLEARNKIT_STATIC", raising=False)
     monkeypatch.setenv("UNLEARNKIT_PROFILE", "smoke")
     monkeypatch.setenv("UNLEARNKIT_CACHE", str(shared_cache))
     # the kernel inherits the environment: make it import this checkout's package

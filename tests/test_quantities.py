@@ -80,14 +80,15 @@ def test_explore_draws_a_figure_headless_and_widgets_live(tiny_pipe, object_task
     fig = uk.explore(tiny_pipe, {"same": tiny_pipe}, object_task, lpips, steps=2, interactive=False)
     assert isinstance(fig, matplotlib.figure.Figure) and "LPIPS 0.000" in fig.axes[2].get_title()
     box = uk.explore(tiny_pipe, {"same": tiny_pipe}, object_task, lpips, steps=2, interactive=True)
-    picks = box.children[0].children
+    picks = box.children  # the controls; the view itself went out as an ordinary figure output (display_id)
     assert [p.description for p in picks] == ["method", "prompt", "seed"]
     assert list(picks[1].options)[:len(object_task.forget_prompts)] == list(object_task.forget_prompts)
     picks[2].value = 1  # another seed redraws without error
     assert isinstance(esd_sliders(tiny_pipe, "a red triangle, plain style", steps=2, interactive=False),
                       matplotlib.figure.Figure)
-    assert isinstance(esd_sliders(tiny_pipe, "a red triangle, plain style", steps=2, interactive=True),
-                      ipywidgets.interactive)
+    sliders = esd_sliders(tiny_pipe, "a red triangle, plain style", steps=2, interactive=True)
+    assert isinstance(sliders, ipywidgets.HBox) and [c.description for c in sliders.children] == ["η", "t"]
+    sliders.children[1].value = 250  # redraws the shown figure in place
     import pytest
 
     with pytest.raises(ValueError, match="runs is empty"):

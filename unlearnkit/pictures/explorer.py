@@ -2,9 +2,10 @@
 beside the unlearned model's, with the LPIPS map between them and the numbers (`explore`); ESD's target under
 sliders for η and t (`esd_sliders`).
 
-In a live Jupyter kernel these draw ipywidgets. Headless (papermill, nbmake, scripts) or with
-UNLEARNKIT_STATIC=1 (set by `unlearnkit reproduce` and the tests) the same calls draw one static figure of the
-first choice, so a notebook that calls them still runs and still shows something.
+In a Jupyter kernel the first choice is drawn as an ordinary figure output, and the controls below it redraw that
+same output in place (`display_id`): a notebook run headless by papermill or nbconvert, with no front end to draw
+widgets, still saves the figure. Outside a kernel (scripts), or with UNLEARNKIT_STATIC=1 (set by `unlearnkit
+reproduce` and the tests), the call returns the static figure of the first choice and draws no controls.
 """
 
 from __future__ import annotations
@@ -28,6 +29,25 @@ def live() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and "IPKernelApp" in shell.config
+
+
+def _controls(widgets: dict, draw):
+    """Show `draw(**values)` once as an ordinary output (a PNG saved in the notebook, front end or not), and return
+    the controls: each change redraws that output in place."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    values = lambda: {k: v.value for k, v in widgets.items()}  # noqa: E731
+    handle = display(_once(draw(**values())), display_id=True)  # None outside IPython (nothing to update)
+
+    def redraw(_=None):
+        fig = _once(draw(**values()))
+        if handle is not None:
+            handle.update(fig)
+
+    for widget in widgets.values():
+        widget.observe(redraw, names="value")
+    return w.HBox(list(widgets.values()))
 
 
 def _once(fig):
@@ -69,8 +89,9 @@ def explore(base, runs: dict, task, lpips, classifier=None, seeds=(0, 1, 2, 3), 
     """Base vs unlearned for any of `runs` ({label: UnlearnResult or pipeline}), any prompt of `task` (forget
     prompts first, then the retain prompts with the neighbour concept first) and any of `seeds`.
 
-    Live (`interactive` None: `live()`): dropdowns redraw the view. Static: the view of the first run, forget
-    prompt and seed is drawn and returned."""
+    Live (`interactive` None: `live()`, a Jupyter kernel): the first view is shown as a figure output and the
+    dropdowns returned below it redraw it in place. Static: the view of the first run, forget prompt and seed is
+    drawn and returned."""
     if not runs:
         raise ValueError("runs is empty; pass {label: run_method(...)} for the runs to explore")
     prompts = list(task.forget_prompts) + [p for p in task.retain_prompts if p not in task.forget_prompts]
@@ -79,28 +100,17 @@ def explore(base, runs: dict, task, lpips, classifier=None, seeds=(0, 1, 2, 3), 
     if not (live() if interactive is None else interactive):
         return _once(show(next(iter(runs)), prompts[0], seeds[0]))
     import ipywidgets as w
-    from IPython.display import display
 
-    pick = dict(label=w.Dropdown(options=list(runs), description="method"),
-                prompt=w.Dropdown(options=prompts, description="prompt"),
-                seed=w.Dropdown(options=list(seeds), description="seed"))
-    out = w.Output()
-
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            display(_once(show(pick["label"].value, pick["prompt"].value, pick["seed"].value)))
-
-    for widget in pick.values():
-        widget.observe(redraw, names="value")
-    redraw()
-    return w.VBox([w.HBox(list(pick.values())), out])
+    return _controls(dict(label=w.Dropdown(options=list(runs), description="method"),
+                          prompt=w.Dropdown(options=prompts, description="prompt"),
+                          seed=w.Dropdown(options=list(seeds), description="seed")), show)
 
 
 def esd_sliders(base, prompt: str, seed: int = 0, unlearned=None, steps: int = 20, guidance_scale: float = 2.0,
                 interactive: bool | None = None):
     """ESD's negatively guided target ε_θ0(∅) − η(ε_θ0(c_f) − ε_θ0(∅)) as x̂0 images, with sliders for η and t
-    (live), beside the base's conditional and unconditional predictions. Static: η = 1, t = 500."""
+    (live: drawn as a figure output at η = 1, t = 500, the sliders below redraw it), beside the base's conditional
+    and unconditional predictions. Static: η = 1, t = 500."""
     from .quantities import esd_panel
 
     def show(eta, t):
@@ -112,10 +122,5 @@ def esd_sliders(base, prompt: str, seed: int = 0, unlearned=None, steps: int = 2
         return _once(show(1.0, 500))
     import ipywidgets as w
 
-    def draw(eta, t):
-        from IPython.display import display
-
-        display(_once(show(eta, t)))
-
-    return w.interactive(draw, eta=w.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="η"),
-                         t=w.IntSlider(value=500, min=50, max=950, step=50, description="t"))
+    return _controls(dict(eta=w.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="η"),
+                          t=w.IntSlider(value=500, min=50, max=950, step=50, description="t")), show)
