@@ -17,7 +17,8 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
     if any(r.get("train") for r in results.values()):  # evaluate(on="both"): the training prompts beside
         cols.insert(5, ("LPIPS_ret train prompts", "train_lpips_ret", "{:.3f}"))
     lines = ["| method | " + " | ".join(c for c, _, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    csv = ["method," + ",".join(k for _, k, _ in cols) + ",lpips_ret_lo,lpips_ret_hi"]
+    csv = ["method," + ",".join(k for _, k, _ in cols) + ",lpips_ret_lo,lpips_ret_hi"
+           + (",train_lpips_ret_lo,train_lpips_ret_hi" if len(cols) > 8 else "")]
     for method, r in results.items():
         train = r.get("train") or {}
         r = {**dict(r), **({"train_lpips_ret": train["lpips_ret"], "train_lpips_ret_ci": train["lpips_ret_ci"]}
@@ -34,7 +35,8 @@ def results_table(results: dict[str, dict], path: str | Path | None = None) -> s
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         csv.append(method + "," + ",".join("" if r.get(k) is None else f"{r[k]:.6g}" for _, k, _ in cols)
-                   + ",{:.6g},{:.6g}".format(*r["lpips_ret_ci"]))
+                   + ",{:.6g},{:.6g}".format(*r["lpips_ret_ci"])
+                   + (",{:.6g},{:.6g}".format(*r["train_lpips_ret_ci"]) if train else ",," if len(cols) > 8 else ""))
     first = next(iter(results.values())) if results else {}
     net, on = first.get("lpips_net", "?"), first.get("on", "all")
     part = {"eval": "the held-out retain prompts (no method trained on them)", "train": "the training retain prompts",
