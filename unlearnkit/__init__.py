@@ -32,6 +32,7 @@ _PUBLIC = {
     "RunOptions": (".train", "RunOptions"),
     "until_forgotten": (".evaluation.stopping", "until_forgotten"),
     "evaluate": (".evaluation.suite", "evaluate"),
+    "report": (".evaluation.report", "report"),
     "results_table": (".evaluation.tables", "results_table"),
     "export": (".export", "export"),
     "unlearn_sequence": (".evaluation.sequence", "unlearn_sequence"),

@@ -38,6 +38,31 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def atomic_folder(folder: str | Path, write) -> Path:
+    """Call `write(tmp_folder)` on a temp folder beside `folder`, then swap it in whole (an old `folder` is moved
+    aside first and deleted after): a crash leaves the old folder, or none, never a half-written one."""
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it 0700: the folder a user gets is readable as any other
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        # rename(2) replaces only an empty folder: move the old one aside, swap the new one in, delete the old one
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save `obj` to `path` atomically."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -2,7 +2,9 @@
 
 lpips (LPIPS and its maps), stats (bootstrap intervals), fid and clip, judges (does an image still show the
 concept), suite (`evaluate`, the retention metric I), tables (Table 1), stopping (rules the loop is handed),
-classifier (the embedded world's concept classifier), attacks, probes, sequence (several erasures in order).
+classifier (the embedded world's concept classifier), attacks, probes, sequence (several erasures in order),
+report and report_page (the integrity report of two checkpoints: `uk.report`, not imported here, as its module and
+its function share the name).
 """
 
 from .attacks import attack
