@@ -1,4 +1,4 @@
-"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | attack | export | reproduce` (also `python -m unlearnkit`).
+"""The command line: `unlearnkit train-base | sample | unlearn | evaluate | report | attack | export | reproduce` (also `python -m unlearnkit`).
 
 Every subcommand calls the same functions the notebooks call. Bad input prints one line naming
 the input and the fix, and exits 2. Methods of one's own: `unlearnkit --import my_methods unlearn --method
@@ -188,6 +188,22 @@ def cmd_evaluate(args):
     return dict(result)
 
 
+def cmd_report(args):
+    from ..evaluation.report import report
+
+    r = report(args.base, args.edited, out=args.out, prompts=args.prompts, forget=args.forget,
+               neighbour=args.neighbour, lora=args.lora, config=args.config, seeds=_seeds(args.seeds),
+               steps=args.steps, guidance_scale=args.guidance, on=args.on, clip=args.clip, lpips_net=args.lpips_net,
+               worst=args.worst, overwrite=args.overwrite, device=args.device, progress=not args.json)
+    for w in r["warnings"]:
+        print(f"unlearnkit report: warning: {w}", file=sys.stderr)
+    measured = lambda key: r[key].get("value")  # noqa: E731  (None: not measured, report.md says why)
+    return {"report": str(Path(args.out) / "report.md"), "lpips_ret": r["lpips_ret"]["value"],
+            "lpips_ret_ci": r["lpips_ret"]["ci"], "integrity": r["integrity"]["value"],
+            "forget_rate": measured("forget_rate"), "retain_accuracy": measured("retain_accuracy"),
+            "fid": measured("fid"), "seconds": r["seconds"]}
+
+
 def cmd_export(args):
     from types import SimpleNamespace
 
@@ -328,6 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     task_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="the integrity report of an edited model against its base: report.md, "
+                                       "report.json and figures in --out")
+    model_kinds = ("'base' (the shipped embedded model), a diffusers folder, a run folder (unlearnkit unlearn --out), "
+                   "a single-file checkpoint (with --config) or a hub id")
+    sp.add_argument("base", help=f"the model before the edit: {model_kinds}")
+    sp.add_argument("edited", nargs="?", default=None, help="the edited model, the same kinds; leave it out with "
+                                                            "--lora")
+    sp.add_argument("--lora", default=None, metavar="FILE", help="instead of EDITED: a kohya .safetensors file or a "
+                    "LoRA folder (unlearnkit export --format kohya | lora), put on a copy of BASE")
+    sp.add_argument("--prompts", default=None, metavar="FILE", help="one prompt a line, or a template file "
+                    "('template: a {colour} {object}' and lists 'colour: red, blue'), or a shipped list: embedded, "
+                    "sd-painters, sd-objects (default on the embedded model: its world's prompts)")
+    sp.add_argument("--forget", default=None, metavar="WORD", help="the forgotten concept: prompts with this word "
+                                                                   "are forget prompts, the rest retain prompts")
+    sp.add_argument("--neighbour", default=None, metavar="WORD", help="with --forget: the retain concept to watch first")
+    sp.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale (default 2.0, the embedded model's)")
+    sp.add_argument("--on", default="eval", choices=["eval", "train"], help="on the embedded world's built-in task: "
+                    "its held-out retain prompts (eval, default) or its training ones")
+    sp.add_argument("--clip", default=None, metavar="MODEL", help="off the embedded world: a CLIP model (local folder "
+                    "or cached hub id) that judges forgetting zero-shot and gives CLIPScore")
+    sp.add_argument("--lpips-net", default="stlpips", help="stlpips (offline) or lpips-alex")
+    sp.add_argument("--worst", type=int, default=4, help="the worst retain pairs drawn (default 4)")
+    sp.add_argument("--out", required=True, help="the report's folder: report.md, report.json, PNGs")
+    sp.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    config_arg(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("attack", help="learn a word that brings the forgotten concept back; the recovered forget rate")
     sp.add_argument("model", help="the unlearned pipeline folder (or 'base' for the reference)")
