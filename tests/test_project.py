@@ -38,14 +38,15 @@ def test_ci_runs_the_readme_test_command():
 
 def test_cli_help_lists_the_subcommands():
     out = subprocess.run([sys.executable, "-m", "unlearnkit", "--help"], capture_output=True, text=True, check=True)
-    for sub in ("train-base", "sample", "unlearn", "evaluate", "export", "reproduce"):
+    for sub in ("train-base", "sample", "unlearn", "evaluate", "report", "export", "reproduce"):
         assert sub in out.stdout
 
 
 def test_cli_help_imports_neither_torch_nor_the_methods():
     # `unlearnkit --help` and `unlearnkit export --help` start in a fraction of a second: nothing heavy loads
     probe = ("import sys\nfrom unlearnkit.app.cli import main\nfor argv in (['--help'], ['export', '--help'], "
-             "['unlearn', '--help']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "['unlearn', '--help'], ['report', '--help']):\n    try:\n        main(argv)\n"
+             "    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('torch', 'diffusers', 'unlearnkit.methods') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,238 @@
+"""The integrity report (`uk.report`, `unlearnkit report`): prompt files and their tasks, the numbers against what
+`evaluate` measures, the files it writes, a kohya LoRA put on a tiny Stable Diffusion, and one clear error for each
+bad input. Tiny random models, 1 seed, 2 DDIM steps, a handful of prompts: seconds each."""
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model_state_dict
+
+import unlearnkit as uk
+from unlearnkit import world
+from unlearnkit.app.cli import main
+from unlearnkit.models import build_pipeline
+from unlearnkit.prompt_files import NO_FORGET, parse_prompts, prompt_task, read_prompts, shipped_lists
+from unlearnkit.sd import build_tiny_sd
+
+FAST = dict(seeds=[0], steps=2, device="cpu")
+CLI_FAST = ["--seeds", "0", "--steps", "2", "--device", "cpu"]
+WORLD_PROMPTS = ["a red triangle, plain style", "a blue triangle, wavy style", "a red square, plain style",
+                 "a green square, striped style", "a blue circle, dotted style", "a grey star, grainy style"]
+SD_PROMPTS = ["a photo of a cat", "a photo of a cat in the grass", "a photo of a frog", "a photo of a dog",
+              "a photo of a dog on a table"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _perturbed(pipe, scale=0.02, seed=1):
+    other = copy.deepcopy(pipe)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.unet.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return other
+
+
+def _lora_run(base, rank=4, alpha=8):
+    """A `params="lora"` run: the LoRA fused into the pipeline's UNet, the adapter apart (as tests/test_export.py)."""
+    unet = copy.deepcopy(base.unet)
+    lora_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                             target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    unet.add_adapter(lora_config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    lora = get_peft_model_state_dict(unet)
+    fused = copy.deepcopy(unet)
+    fused.fuse_lora()
+    fused.unload_lora()
+    return SimpleNamespace(pipeline=type(base)(**{**base.components, "unet": fused}), lora=lora,
+                           lora_config=lora_config)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Folders: a tiny embedded model, a perturbed copy, a tiny SD with a LoRA run (its pipeline and a kohya file),
+    and the prompt files."""
+    root = tmp_path_factory.mktemp("report")
+    base = build_pipeline("tiny", seed=0)
+    base.save_pretrained(root / "tiny")
+    _perturbed(base).save_pretrained(root / "tiny-edited")
+    sd = build_tiny_sd(SD_PROMPTS + [NO_FORGET])
+    sd.save_pretrained(root / "sd")
+    run = _lora_run(sd)
+    run.pipeline.save_pretrained(root / "sd-run")
+    uk.export(run, root / "sd-lora.safetensors", format="kohya")
+    (root / "world.txt").write_text("# a few of the world's prompts\n\n" + "\n".join(WORLD_PROMPTS) + "\n")
+    (root / "sd.txt").write_text("\n".join(SD_PROMPTS) + "\n")
+    return root
+
+
+# prompt files ---------------------------------------------------------------------------------------------------
+
+
+def test_a_plain_prompt_file_skips_blanks_comments_and_repeats():
+    plist = parse_prompts("# comment\n\na cat\n  a dog  \n# another\na cat\n", "f.txt")
+    assert plist.prompts == ["a cat", "a dog"] and plist.slots == {}
+
+
+def test_a_template_file_expands_every_combination_first_list_outermost():
+    plist = parse_prompts("template: An {object} image in {style} style\nobject: dog, cat\nstyle: Van Gogh, Monet\n")
+    assert plist.prompts == ["An dog image in Van Gogh style", "An dog image in Monet style",
+                             "An cat image in Van Gogh style", "An cat image in Monet style"]
+    assert plist.slots["An cat image in Monet style"] == {"object": "cat", "style": "Monet"}
+
+
+def test_the_shipped_lists_are_the_worlds_and_the_sd_tasks_prompts():
+    assert {"embedded", "sd-painters", "sd-objects"} <= set(shipped_lists())
+    assert read_prompts("embedded").prompts == world.all_prompts()  # the same 150 prompts, in the same order
+    vangogh, cat = uk.get_task("sd-vangogh"), uk.get_task("sd-cat")
+    painters = read_prompts("sd-painters").prompts
+    assert len(painters) == 36 and set(painters) <= set(vangogh.forget_prompts + vangogh.retain_prompts)
+    objects = read_prompts("sd-objects").prompts
+    assert len(objects) == 42 and set(objects) <= set(cat.forget_prompts + cat.retain_prompts)
+
+
+def test_the_task_splits_by_whole_word_neighbour_first_concepts_from_the_slot():
+    plist = read_prompts("sd-painters")
+    task = prompt_task(plist, forget="Van Gogh", neighbour="Vermeer")
+    assert len(task.forget_prompts) == 6 and all("Van Gogh" in p for p in task.forget_prompts)
+    assert task.retain_concepts[:6] == ["Vermeer"] * 6 and set(task.retain_concepts) == {
+        "Vermeer", "Rembrandt", "Claude Monet", "Pablo Picasso", "Katsushika Hokusai"}
+    assert task.held_out == [] and task.retain_eval == task.retain_prompts  # a list of one's own is measured whole
+    # whole words only: 'cat' is not in 'category'; without a template the concept is the neighbour or 'other'
+    task = prompt_task(parse_prompts("a cat\na category\na frog\n"), forget="cat", neighbour="frog")
+    assert task.forget_prompts == ["a cat"] and task.retain_prompts == ["a frog", "a category"]
+    assert task.retain_concepts == ["frog", "other"]
+
+
+def test_on_the_worlds_prompts_the_task_is_the_built_in_one():
+    task, builtin = prompt_task(read_prompts("embedded"), "triangle", "square"), world.task("triangle", "square")
+    assert task.retain_prompts == builtin.retain_prompts and task.held_out == builtin.held_out
+    some = prompt_task(parse_prompts("\n".join(WORLD_PROMPTS)), "triangle", "square")
+    assert some.kind == "object" and some.held_out == [] and some.retain_concepts[:2] == ["square", "square"]
+    none = prompt_task(read_prompts("embedded"))
+    assert none.forget_prompts == [NO_FORGET] and none.retain_eval == world.all_prompts()
+
+
+# the report -----------------------------------------------------------------------------------------------------
+
+
+def test_a_model_against_itself_reports_lpips_0_and_i_1_exactly(models, tmp_path):
+    r = uk.report(models / "tiny", models / "tiny", out=tmp_path / "same", prompts=models / "world.txt", **FAST)
+    assert r["lpips_ret"]["value"] == 0.0 and r["lpips_ret"]["ci"] == [0.0, 0.0]
+    assert r["integrity"]["value"] == 1.0 and r["integrity"]["ci"] == [1.0, 1.0]
+    assert all(p["lpips"] == 0.0 for p in r["retain_pairs"]) and len(r["retain_pairs"]) == len(WORLD_PROMPTS)
+    assert "not_measured" in r["forget_rate"] and "no --forget" in r["forget_rate"]["not_measured"]
+    page = (tmp_path / "same" / "report.md").read_text()
+    assert "| I = 1 − LPIPS_ret (↑) | 1.0000 [1.0000, 1.0000] |" in page and "Forget rate: not measured" in page
+
+
+def test_a_perturbed_copy_changes_lpips_and_with_forget_gets_a_forget_rate(models, tmp_path):
+    r = uk.report(models / "tiny", models / "tiny-edited", out=tmp_path / "r", prompts=models / "world.txt",
+                  forget="triangle", neighbour="square", **FAST)
+    lpips = r["lpips_ret"]
+    assert lpips["value"] > 0 and lpips["ci"][0] <= lpips["value"] <= lpips["ci"][1]
+    assert r["integrity"]["value"] == pytest.approx(1 - lpips["value"], abs=1e-12)
+    # the evaluation it reports: the same numbers as evaluate on the same task
+    base, edited = uk.load_pipeline(models / "tiny", device="cpu"), uk.load_pipeline(models / "tiny-edited",
+                                                                                       device="cpu")
+    task = prompt_task(read_prompts(models / "world.txt"), "triangle", "square")
+    ev = uk.evaluate(base, edited, task, seeds=[0], steps=2)
+    assert lpips["value"] == pytest.approx(ev.lpips_ret, abs=1e-6) and r["prompts"]["n_forget"] == 2
+    per = r["per_concept"]
+    assert per[0]["concept"] == "square" and per[0]["neighbour"] and per[0]["pairs"] == 2
+    assert sum(c["pairs"] for c in per) == lpips["pairs"] == 4
+    for c in per:
+        assert c["ci"][0] - 1e-9 <= c["lpips_ret"] <= c["ci"][1] + 1e-9
+    fr = r["forget_rate"]
+    assert 0 <= fr["value"] <= 1 and fr["ci"][0] <= fr["value"] <= fr["ci"][1] and 0 <= fr["base"] <= 1
+    assert fr["judge"] == "the embedded world's concept classifier" and fr["images"] == 2
+    assert "value" in r["retain_accuracy"] and "value" in r["fid"]
+    assert r["figures"] == {"worst_pairs": "worst-pairs.png", "forget_pairs": "forget-pairs.png"}
+    assert r["worst_pairs"][0]["lpips"] == max(p["lpips"] for p in r["retain_pairs"])
+
+
+def test_the_cli_writes_the_page_the_numbers_and_the_figures(models, tmp_path, capsys):
+    out = tmp_path / "report"
+    inputs = ["report", str(models / "tiny"), str(models / "tiny-edited"), "--prompts", str(models / "world.txt"),
+              "--forget", "triangle", "--neighbour", "square", *CLI_FAST]
+    argv = [*inputs, "--out", str(out), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(p.name for p in out.iterdir()) == ["forget-pairs.png", "report.json", "report.md", "worst-pairs.png"]
+    data = json.loads((out / "report.json").read_text())
+    assert summary["lpips_ret"] == data["lpips_ret"]["value"] > 0 and summary["report"] == str(out / "report.md")
+    page = (out / "report.md").read_text()
+    for text in ("](worst-pairs.png)", "](forget-pairs.png)", "square (neighbour)", data["settings"]["lpips_net"],
+                 "forget rate (↓)", "2 steps", str(models / "tiny-edited")):
+        assert text in page, text
+    for png in ("worst-pairs.png", "forget-pairs.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left beside it
+    # a second report is refused without --overwrite (the first kept whole), replaces it with
+    assert main(argv) == 2 and "exists and is not empty" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text()) == data
+    assert main(argv + ["--overwrite"]) == 0
+    capsys.readouterr()
+    # --overwrite never deletes a folder that holds no report
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main([*inputs, "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
+    assert "not an earlier report" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_a_kohya_lora_on_a_tiny_sd_reports_as_its_run_does(models, tmp_path, capsys):
+    argv = ["report", str(models / "sd"), "--lora", str(models / "sd-lora.safetensors"), "--prompts",
+            str(models / "sd.txt"), "--forget", "cat", "--neighbour", "dog", "--guidance", "7.5", *CLI_FAST, "--json"]
+    assert main(argv + ["--out", str(tmp_path / "lora")]) == 0
+    capsys.readouterr()
+    via_lora = json.loads((tmp_path / "lora" / "report.json").read_text())
+    assert via_lora["models"]["lora"] == str(models / "sd-lora.safetensors") and via_lora["lpips_ret"]["value"] > 0
+    assert via_lora["per_concept"][0]["concept"] == "dog"
+    # the LoRA fused on the base draws what the run's own pipeline draws: the same LPIPS pair by pair
+    run = uk.report(models / "sd", models / "sd-run", out=tmp_path / "run", prompts=models / "sd.txt", forget="cat",
+                    neighbour="dog", guidance_scale=7.5, **FAST)
+    for a, b in zip(via_lora["retain_pairs"], run["retain_pairs"]):
+        assert a["prompt"] == b["prompt"] and a["lpips"] == pytest.approx(b["lpips"], abs=1e-3)
+    # off the embedded world, without --clip: no judge, and the page says why
+    assert "not_measured" in via_lora["forget_rate"] and "--clip" in via_lora["forget_rate"]["not_measured"]
+    assert "FID: not measured" in (tmp_path / "lora" / "report.md").read_text()
+
+
+# bad inputs: one line, exit 2, nothing written ------------------------------------------------------------------
+
+
+def _bad_cases(models, tmp):
+    (tmp / "empty.txt").write_text("# nothing here\n\n")
+    (tmp / "slot.txt").write_text("template: a {colour} {object}\ncolour: red, blue\n")
+    tiny, edited, sd, world_txt = (str(models / n) for n in ("tiny", "tiny-edited", "sd", "world.txt"))
+    kohya = str(models / "sd-lora.safetensors")
+    return {
+        "unknown path": ([tiny, str(tmp / "missing")], "EDITED '" + str(tmp / "missing") + "' does not exist"),
+        "mismatched models": ([tiny, sd, "--prompts", world_txt], f"BASE {tiny!r} and EDITED {sd!r} do not match"),
+        "empty prompt file": ([tiny, edited, "--prompts", str(tmp / "empty.txt")], "holds no prompt"),
+        "missing prompt file": ([tiny, edited, "--prompts", str(tmp / "nope.txt")], "does not exist"),
+        "forget word in no prompt": ([tiny, edited, "--prompts", world_txt, "--forget", "dragon"],
+                                     "no prompt of"),
+        "undefined slot": ([tiny, edited, "--prompts", str(tmp / "slot.txt")], "which no list defines"),
+        "neighbour without forget": ([tiny, edited, "--prompts", world_txt, "--neighbour", "square"], "needs --forget"),
+        "edited and lora": ([tiny, edited, "--lora", kohya], "not both"),
+        "neither edited nor lora": ([tiny], "one of the two"),
+        "lora of another model": ([tiny, "--lora", kohya, "--prompts", world_txt],
+                                  f"--lora {kohya!r} does not fit BASE"),
+    }
+
+
+def test_each_bad_input_is_one_clear_line_and_exit_2(models, tmp_path, capsys):
+    for name, (args, message) in _bad_cases(models, tmp_path).items():
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        assert main(["report", *args, "--out", str(out), *CLI_FAST]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("unlearnkit report: error:"), (name, err)
+        assert message in err, (name, err)
+        assert not out.exists(), name
