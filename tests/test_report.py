@@ -204,6 +204,21 @@ def test_a_kohya_lora_on_a_tiny_sd_reports_as_its_run_does(models, tmp_path, cap
     assert "FID: not measured" in (tmp_path / "lora" / "report.md").read_text()
 
 
+def test_a_lora_folder_a_kohya_file_and_a_run_folder_fuse_to_the_runs_weights(models, tmp_path):
+    from unlearnkit.evaluation.report import load_model, with_lora
+
+    sd = build_tiny_sd(SD_PROMPTS + [NO_FORGET])
+    run = _lora_run(sd)
+    uk.export(run, tmp_path / "run" / "lora", format="lora")  # a LoRA run's folder keeps its adapter in lora/
+    base = load_model(models / "sd", "BASE", device="cpu")
+    for lora in (models / "sd-lora.safetensors", tmp_path / "run" / "lora", tmp_path / "run"):
+        fused = with_lora(base, lora, "sd")
+        for (name, p), q in zip(fused.unet.named_parameters(), run.pipeline.unet.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=f"{lora}: {name}")
+    assert not getattr(base.unet, "peft_config", None)  # the base itself is untouched: no adapter, the same weights
+    assert all(torch.equal(p, q) for p, q in zip(base.unet.parameters(), sd.unet.parameters()))
+
+
 # bad inputs: one line, exit 2, nothing written ------------------------------------------------------------------
 
 
