@@ -97,3 +97,19 @@ def test_a_missing_local_path_is_one_line_naming_it(capsys):
     assert main(["evaluate", "./no-such-run", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "'./no-such-run' does not exist" in err and err.count("\n") == 0 and "Hub" not in err
+
+
+def test_cli_evaluate_reads_the_part_and_the_forget_seeds_it_is_told(capsys, tmp_path, monkeypatch):
+    import json
+
+    from unlearnkit.app.cli import main
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path))
+    argv = ["evaluate", "base", "--base", "base", "--task", "object", "--seeds", "0", "--forget-seeds", "3,4",
+            "--steps", "1", "--max-retain", "2", "--device", "cpu", "--json"]
+    assert main(argv + ["--on", "train"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    task = uk.get_task("object")
+    assert out["on"] == "train" and out["forget_seeds"] == [3, 4] and out["n_forget"] == 2 * len(task.forget_prompts)
+    assert [p["prompt"] for p in out["retain_pairs"]] == task.retain_train[:2] and out["lpips_ret"] == 0
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["on"] == "eval"

@@ -180,7 +180,8 @@ def cmd_evaluate(args):
     unlearned = _load(args.model, args.device, args.config)
     result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
                       guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
-                      progress=not args.json)
+                      progress=not args.json, on=args.on,
+                      forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None)
     if result.get("forgot") is False:
         from ..evaluation.judges import did_not_forget
 
@@ -340,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale")
     sp.add_argument("--lpips-net", default="stlpips", help="stlpips (offline) or lpips-alex")
     sp.add_argument("--max-retain", type=int, default=None, help="evaluate the first N retain prompts")
+    sp.add_argument("--on", default="eval", choices=("eval", "train", "both"),
+                    help="which retain prompts: eval (held out from training, the default), train, or both")
+    sp.add_argument("--forget-seeds", default=None,
+                    help="comma-separated seeds of the forget images (default: --seeds); more seeds, a narrower "
+                         "forget-rate interval")
     config_arg(sp)
     task_args(sp)
     common(sp)
