@@ -160,13 +160,14 @@ def test_a_perturbed_copy_changes_lpips_and_with_forget_gets_a_forget_rate(model
 def test_the_cli_writes_the_page_the_numbers_and_the_figures(models, tmp_path, capsys):
     out = tmp_path / "report"
     inputs = ["report", str(models / "tiny"), str(models / "tiny-edited"), "--prompts", str(models / "world.txt"),
-              "--forget", "triangle", "--neighbour", "square", *CLI_FAST]
+              "--forget", "triangle", "--neighbour", "square", "--forget-seeds", "3,4", *CLI_FAST]
     argv = [*inputs, "--out", str(out), "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(p.name for p in out.iterdir()) == ["forget-pairs.png", "report.json", "report.md", "worst-pairs.png"]
     data = json.loads((out / "report.json").read_text())
     assert summary["lpips_ret"] == data["lpips_ret"]["value"] > 0 and summary["report"] == str(out / "report.md")
+    assert data["settings"]["forget_seeds"] == [3, 4] and data["forget_rate"]["images"] == 2 * 2  # 2 prompts × 2
     page = (out / "report.md").read_text()
     for text in ("](worst-pairs.png)", "](forget-pairs.png)", "square (neighbour)", data["settings"]["lpips_net"],
                  "forget rate (↓)", "2 steps", str(models / "tiny-edited")):

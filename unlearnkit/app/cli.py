@@ -190,12 +190,17 @@ def cmd_evaluate(args):
 
 
 def cmd_report(args):
+    import warnings
+
     from ..evaluation.report import report
 
-    r = report(args.base, args.edited, out=args.out, prompts=args.prompts, forget=args.forget,
-               neighbour=args.neighbour, lora=args.lora, config=args.config, seeds=_seeds(args.seeds),
-               steps=args.steps, guidance_scale=args.guidance, on=args.on, clip=args.clip, lpips_net=args.lpips_net,
-               worst=args.worst, overwrite=args.overwrite, device=args.device, progress=not args.json)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the report keeps its warnings: printed below, once each
+        r = report(args.base, args.edited, out=args.out, prompts=args.prompts, forget=args.forget,
+                   neighbour=args.neighbour, lora=args.lora, config=args.config, seeds=_seeds(args.seeds),
+                   steps=args.steps, guidance_scale=args.guidance, on=args.on, clip=args.clip,
+                   lpips_net=args.lpips_net, worst=args.worst, overwrite=args.overwrite, device=args.device,
+                   progress=not args.json, forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None)
     for w in r["warnings"]:
         print(f"unlearnkit report: warning: {w}", file=sys.stderr)
     measured = lambda key: r[key].get("value")  # noqa: E731  (None: not measured, report.md says why)
@@ -367,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "are forget prompts, the rest retain prompts")
     sp.add_argument("--neighbour", default=None, metavar="WORD", help="with --forget: the retain concept to watch first")
     sp.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    sp.add_argument("--forget-seeds", default=None, help="the forget images' seeds (default: --seeds); more, a "
+                                                          "narrower forget-rate interval")
     sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale (default 2.0, the embedded model's)")
     sp.add_argument("--on", default="eval", choices=["eval", "train"], help="on the embedded world's built-in task: "

@@ -35,7 +35,8 @@ ARCHITECTURE = ("in_channels", "out_channels", "sample_size", "block_out_channel
 def report(base, edited=None, out=None, prompts=None, forget: str | None = None, neighbour: str | None = None,
            lora=None, config=None, seeds=(0, 1), steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
            on: str = "eval", clip=None, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE, worst: int = WORST,
-           overwrite: bool = False, device="auto", cache_dir=None, progress: bool | None = None) -> dict:
+           overwrite: bool = False, device="auto", cache_dir=None, progress: bool | None = None,
+           forget_seeds=None) -> dict:
     """Write the integrity report of `edited` against `base` into the folder `out`; returns its numbers (what
     report.json holds, plus 'out').
 
@@ -46,7 +47,8 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
     list's name (default on the embedded model: its world's prompts). `forget` splits them into forget prompts (those
     with the word) and retain prompts; `neighbour` is the retain concept to watch first. `on`: which retain prompts
     when the task is the world's built-in one ('eval', its held-out third, or 'train'). `clip`: a CLIP model that
-    judges forgetting off the embedded world. A non-empty `out` is refused unless `overwrite` and it holds a report.
+    judges forgetting off the embedded world. `forget_seeds`: the forget images' seeds
+    (default `seeds`). A non-empty `out` is refused unless `overwrite` and it holds a report.
     """
     if out is None:
         raise ValueError("report needs out=<a folder for report.md, report.json and the figures>")
@@ -84,7 +86,8 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ev = evaluate(base_pipe, edited_pipe, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale,
-                      lpips=lpips, clip=clip, cache_dir=cache_dir, progress=progress, on=on, fid=fid)
+                      lpips=lpips, clip=clip, cache_dir=cache_dir, progress=progress, on=on, fid=fid,
+                      forget_seeds=forget_seeds)
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -107,7 +110,8 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
         figures["worst_pairs"] = ("worst-pairs.png", "The worst retain pairs", [(p["prompt"], p["seed"]) for p in
                                                                                  worst_pairs])
     if forget is not None and worst:
-        figures["forget_pairs"] = ("forget-pairs.png", "Forget prompts", forget_figure_rows(task, seeds, worst))
+        figures["forget_pairs"] = ("forget-pairs.png", "Forget prompts", forget_figure_rows(task, ev.forget_seeds,
+                                                                                              worst))
     drawn = {}
     for key, (file, title, pairs) in figures.items():
         x0, x = images(pairs)

@@ -111,7 +111,7 @@ def pairs_figure(pairs, x0, x, d, maps, title: str, path) -> None:
     bar.ax.tick_params(labelsize=5)
     bar.ax.yaxis.get_offset_text().set_fontsize(5)
     fig.suptitle(title, fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
 
 
 def _n(k: int, word: str) -> str:
