@@ -198,6 +198,7 @@ def page(data: dict) -> str:
     if "forget_pairs" in figures:
         lines += ["### Forget prompts", "", "What the edit did to the concept it was meant to remove:", "",
                   f"![forget prompts]({figures['forget_pairs']})", ""]
-    if data["warnings"]:
-        lines += ["## Warnings", "", *[f"- {w}" for w in data["warnings"]], ""]
+    notes = [w for w in data["warnings"] if not w.startswith("did not forget")]  # said under Forgetting
+    if notes:
+        lines += ["## Warnings", "", *[f"- {w}" for w in notes], ""]
     return "\n".join(lines)
