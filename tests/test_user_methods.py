@@ -57,8 +57,10 @@ def test_a_closed_form_method_runs_with_steps_0_no_images_no_optimiser(tiny_pipe
     assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in changed)
     # the edit does what its equation says: W' minimises the objective, so its gradient (the normal equations) is 0,
     # the objective fell, and the forget tokens moved towards their anchors' values
-    data = {k: uk.backbone.encode_prompts(tiny_pipe, getattr(object_task, f"{k}_prompts")).flatten(0, 1).double()
-            for k in ("forget", "anchor", "retain")}
+    # the preserve set is the training part of the retain prompts: the held-out part never reaches a method
+    prompts = {"forget": object_task.forget_prompts, "anchor": object_task.anchor_prompts,
+               "retain": object_task.retain_train}
+    data = {k: uk.backbone.encode_prompts(tiny_pipe, v).flatten(0, 1).double() for k, v in prompts.items()}
     c, c_star, p = data["forget"], data["anchor"], data["retain"]
     cfg = result.config
     for name in sorted(changed)[:2]:

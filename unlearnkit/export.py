@@ -17,14 +17,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from .backbone import with_unet
-from .io import WEIGHT_FILE_SUFFIXES, atomic_write, umask
+from .io import WEIGHT_FILE_SUFFIXES, atomic_folder, atomic_write
 
 FORMATS = ("diffusers", "single-file", "lora", "kohya")
 FILE_FORMATS = ("single-file", "kohya")  # one .safetensors file; the others write a folder
@@ -126,23 +125,7 @@ def save_diffusers(pipe, folder: Path) -> Path:
     """`pipe.save_pretrained` into a temp folder beside `folder`, then swap it in: a crash leaves the old one whole."""
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is a file; format 'diffusers' writes a folder: pass a folder path")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it 0700: the folder a user gets is readable as any other
-    try:
-        _without_adapters(pipe).save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        # rename(2) replaces only an empty folder: move the old one aside, swap the new one in, delete the old one
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-    return folder
+    return atomic_folder(folder, lambda tmp: _without_adapters(pipe).save_pretrained(tmp))
 
 
 def save_single_file(pipe, file: Path, dtype: str | None = None) -> Path:
