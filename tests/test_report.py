@@ -4,11 +4,9 @@ bad input. Tiny random models, 1 seed, 2 DDIM steps, a handful of prompts: secon
 
 import copy
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model_state_dict
 
 import unlearnkit as uk
 from unlearnkit import world
@@ -16,6 +14,8 @@ from unlearnkit.app.cli import main
 from unlearnkit.models import build_pipeline
 from unlearnkit.prompt_files import NO_FORGET, parse_prompts, prompt_task, read_prompts, shipped_lists
 from unlearnkit.sd import build_tiny_sd
+
+from test_export import _lora_run  # a params="lora" run: the LoRA fused, the adapter apart
 
 FAST = dict(seeds=[0], steps=2, device="cpu")
 CLI_FAST = ["--seeds", "0", "--steps", "2", "--device", "cpu"]
@@ -33,25 +33,6 @@ def _perturbed(pipe, scale=0.02, seed=1):
         for p in other.unet.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
     return other
-
-
-def _lora_run(base, rank=4, alpha=8):
-    """A `params="lora"` run: the LoRA fused into the pipeline's UNet, the adapter apart (as tests/test_export.py)."""
-    unet = copy.deepcopy(base.unet)
-    lora_config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                             target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    unet.add_adapter(lora_config)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    lora = get_peft_model_state_dict(unet)
-    fused = copy.deepcopy(unet)
-    fused.fuse_lora()
-    fused.unload_lora()
-    return SimpleNamespace(pipeline=type(base)(**{**base.components, "unet": fused}), lora=lora,
-                           lora_config=lora_config)
 
 
 @pytest.fixture(scope="module")
