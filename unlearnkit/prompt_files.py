@@ -194,9 +194,6 @@ def _world_task(plist, forget, neighbour, name):
         return replace(task, name=name) if name != "report" else task
     # a list of one's own is measured whole: the cut task holds out nothing
     forget_idx = [i for i, p in enumerate(task.forget_prompts) if p in keep]
-    retain_idx = [i for i, p in enumerate(task.retain_prompts) if p in keep]
-    return replace(task, name=name if name != "report" else task.name,
+    return replace(task, name=name if name != "report" else task.name, held_out=[],
                    forget_prompts=[task.forget_prompts[i] for i in forget_idx],
-                   anchor_prompts=[task.anchor_prompts[i] for i in forget_idx],
-                   retain_prompts=[task.retain_prompts[i] for i in retain_idx],
-                   retain_concepts=[task.retain_concepts[i] for i in retain_idx], held_out=[])
+                   anchor_prompts=[task.anchor_prompts[i] for i in forget_idx]).keep_retain(keep)

@@ -100,11 +100,7 @@ class Task:
 
     def training_view(self) -> Task:
         """This task as a method sees it: the training part of the retain prompts, and no held-out part."""
-        if not self.held_out:
-            return self
-        keep = [i for i, p in enumerate(self.retain_prompts) if p not in set(self.held_out)]
-        return replace(self, retain_prompts=[self.retain_prompts[i] for i in keep], held_out=[],
-                       retain_concepts=[self.retain_concepts[i] for i in keep] if self.retain_concepts else [])
+        return self.keep_retain(self.retain_train) if self.held_out else self
 
     def keep_retain(self, prompts) -> Task:
         """This task with only the retain prompts in `prompts` (order kept), the split kept on what stays."""
@@ -140,9 +136,7 @@ class Task:
         """This task cut to its first `max_forget` forget prompts (anchors alike) and `max_retain` retain prompts."""
         f, r = slice(max_forget), slice(max_retain)
         cut = replace(self, forget_prompts=self.forget_prompts[f], anchor_prompts=self.anchor_prompts[f])
-        if not self.held_out:  # no split: the first max_retain retain prompts
-            return cut.keep_retain(self.retain_prompts[r])
-        return cut.keep_retain(self.retain_train[r] + self.retain_eval[r])  # each part cut alike
+        return cut.keep_retain(self.retain_train[r] + self.retain_eval[r])  # each part cut alike (no split: one)
 
 
 HOLD_OUT_EVERY = 3  # the rule holds out the 2nd, 5th, 8th, ... prompt of each retain concept
