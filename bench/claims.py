@@ -29,7 +29,7 @@ from unlearnkit import world
 from unlearnkit.experiments import (ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, TABLE_EXTRAS, profile,
                                     run_method, run_until_forgotten)
 from unlearnkit.io import atomic_write
-from unlearnkit.evaluation import CHECK_SEEDS, FORGOT_BELOW, LPIPSDistance, evaluate, format_ci, rate_ci
+from unlearnkit.evaluation import CHECK_SEEDS, FORGOT_BELOW, LPIPSDistance, evaluate, format_ci, wilson_ci
 from unlearnkit.methods import make_config
 from unlearnkit.models import load_base
 
@@ -75,7 +75,7 @@ def check_agreement(run, n_forget: int, r) -> dict | None:
         return None
     step, rate = max(run.forget_checks.items())
     n = n_forget * len(CHECK_SEEDS)
-    _, ci = rate_ci([True] * round(rate * n) + [False] * (n - round(rate * n)))
+    ci = wilson_ci(round(rate * n), n)  # the check logs its rate; its images were n
     ev, ev_ci = r["forget_rate"], r["forget_rate_ci"]
     return {"check_step": step, "check": rate, "check_ci": ci, "check_images": n, "eval": ev, "eval_ci": ev_ci,
             "eval_images": r["n_forget"], "agree": ci[0] <= ev_ci[1] and ev_ci[0] <= ci[1]}

@@ -20,6 +20,15 @@ def format_ci(value: float, ci, digits: int = 3) -> str:
     return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of k hits in n trials (METHODS.md eq. 28b)."""
+    if n <= 0:
+        raise ValueError("wilson_ci needs at least one judged image")
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def rate_ci(hits, z: float = 1.96) -> tuple[float, tuple[float, float]]:
     """(share of True, its 95% Wilson score interval) of a list of booleans: a forget rate or an accuracy.
 
@@ -28,7 +37,4 @@ def rate_ci(hits, z: float = 1.96) -> tuple[float, tuple[float, float]]:
     hits = [bool(h) for h in hits]
     if not hits:
         raise ValueError("rate_ci needs at least one judged image")
-    n, k = len(hits), sum(hits)
-    p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return p, (max(0.0, centre - half), min(1.0, centre + half))
+    return sum(hits) / len(hits), wilson_ci(sum(hits), len(hits), z)
