@@ -29,44 +29,12 @@ from unlearnkit import world
 from unlearnkit.experiments import (ESCALATE_STEPS, ESCALATION, FIGURE_METHODS, KIND_RULES, TABLE_EXTRAS, profile,
                                     run_method, run_until_forgotten)
 from unlearnkit.io import atomic_write
-from unlearnkit.evaluation import CHECK_SEEDS, FORGOT_BELOW, LPIPSDistance, evaluate, format_ci, wilson_ci
+from unlearnkit.evaluation import CHECK_SEEDS, LPIPSDistance, evaluate, format_ci, wilson_ci
+from unlearnkit.evaluation.claims import claims, on_training_prompts
 from unlearnkit.methods import make_config
 from unlearnkit.models import load_base
 
 BEYOND = {label: m for label, (m, kw) in TABLE_EXTRAS.items() if not kw}  # UCE, CA, CA (noise), FMN
-
-BASELINES, HELPED = ("ESD", "SalUn", "SA", "UCE", "CA", "CA (noise)", "FMN"), ("OVW", "Saddle")  # rivals: those present
-
-
-def claims(results: dict) -> list[tuple[str, str, bool | None, str]]:
-    """[(claim, who, holds (None: not testable), numbers)] from {display name: evaluate dict}."""
-    out, forgot = [], {m: r["forget_rate"] <= FORGOT_BELOW for m, r in results.items()}
-    for m, r in results.items():
-        out.append(("forgets", m, forgot[m], f"forget rate {r['forget_rate']:.2f}"))
-    for m, r in results.items():
-        if "lpips_neighbour" not in r:
-            continue
-        holds = r["lpips_neighbour_ci"][0] > r["lpips_rest_ci"][1] if forgot[m] else None
-        out.append(("(a) neighbour pays most", m, holds, f"neighbour {format_ci(r['lpips_neighbour'], r['lpips_neighbour_ci'])}"
-                    f" vs rest {format_ci(r['lpips_rest'], r['lpips_rest_ci'])}"))
-    for h in HELPED:
-        rivals = [b for b in BASELINES if forgot.get(b)]
-        if h not in results or not forgot[h] or not rivals:
-            out.append(("(b) help losses keep integrity", h, None, "not testable: it or every baseline did not forget"))
-            continue
-        worse = [b for b in rivals if results[h]["lpips_ret"] >= results[b]["lpips_ret"]]
-        out.append(("(b) help losses keep integrity", h, not worse, f"{h} {results[h]['lpips_ret']:.3f} vs "
-                    + ", ".join(f"{b} {results[b]['lpips_ret']:.3f}" for b in rivals)))
-    a, b = results.get("OVW"), results.get("OVW w/o L_help")
-    if a and b:
-        out.append(("(c) L_help matters", "OVW", a["lpips_ret_ci"][1] < b["lpips_ret_ci"][0],
-                    f"with {format_ci(a['lpips_ret'], a['lpips_ret_ci'])}, without {format_ci(b['lpips_ret'], b['lpips_ret_ci'])}"))
-    return out
-
-
-def on_training_prompts(results: dict) -> dict:
-    """The same results with the retain measurements of the training prompts (`evaluate(on="both")`'s `.train`)."""
-    return {m: {**dict(r), **r["train"]} for m, r in results.items()}
 
 
 def check_agreement(run, n_forget: int, r) -> dict | None:

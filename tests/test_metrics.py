@@ -193,6 +193,12 @@ def test_neighbour_and_rest_columns_and_the_did_not_forget_flag():
     assert r["lpips_neighbour_ci"][0] <= r["lpips_neighbour"] <= r["lpips_neighbour_ci"][1]
     assert r["forget_rate"] == 1.0 and r["forgot"] is False
     assert any("did not forget: forget rate 1.00" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as named:  # a warning names what it judged: the method, the task
+        warnings.simplefilter("always")
+        uk.evaluate(base, other, task, seeds=[0], steps=2, fid=False, classifier=SeesTriangles(), name="esd-x")
+    from unlearnkit.evaluation import DidNotForget
+
+    assert [str(w.message)[:35] for w in named if w.category is DidNotForget] == ["esd-x on object did not forget: for"]
     table = uk.results_table({"x": r})
     assert "LPIPS_ret neighbour" in table and f"{r['lpips_rest']:.3f} [" in table
 

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # notebook -> {text that identifies a code cell: the number of images it shows}; no other cell shows one
 EXPECTED = {
     "00_quickstart": {"comparison_grid(": 1},
-    "03_esd": {"loss_curves(": 1, "retain_spread(": 1, "quantities.esd_panel(": 2, "comparison_grid(": 1,
+    "03_gradient_ascent": {"loss_curves(": 1, "training_data(base": 1, "retain_spread(": 1,
+                           "quantities.snapshot_images(": 2},
+    "04_esd": {"loss_curves(": 1, "retain_spread(": 1, "quantities.esd_panel(": 2, "comparison_grid(": 1,
                "run_u = run_method(": 1, "quantities.snapshot_images(": 1, "esd_sliders(": 1},
 }
 

@@ -41,3 +41,14 @@ def test_lpips_ladder_rungs(tiny_pipe):
     assert torch.equal(ladder["1-pixel shift"]["image"][..., 1:], ladder["itself"]["image"][..., :-1])
     with pytest.raises(ValueError, match="must differ"):
         lpips_ladder(tiny_pipe, p, LPIPSDistance(), colour="red", steps=2)
+
+
+def test_smallest_detected_is_the_first_scale_whose_interval_leaves_the_undamaged_one():
+    from unlearnkit.evaluation.probes import smallest_detected
+
+    results = {0.0: {"m_ci": (0.0, 0.1)}, 0.1: {"m_ci": (0.05, 0.2)}, 0.3: {"m_ci": (0.15, 0.3)},
+               0.6: {"m_ci": (0.4, 0.5)}}
+    assert smallest_detected(results, "m") == 0.3  # 0.1 overlaps [0, 0.1]; 0.3 starts above it
+    results[0.3]["m_ci"] = (-0.3, -0.2)  # below the reference counts too (accuracy falls)
+    assert smallest_detected(results, "m") == 0.3
+    assert smallest_detected({0.0: {"m_ci": (0, 1)}, 0.1: {"m_ci": (0.5, 0.9)}}, "m") is None

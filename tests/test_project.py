@@ -114,7 +114,7 @@ def test_notebook_is_clean_and_holds_no_library_logic(path):
 MARKDOWN_CONSTANTS = {
     "02_retention_metric.ipynb": [r"what 0\.01, 0\.03 or 0\.3 look like",  # the ladder's reading guide, LPIPS levels
                                   r"± 1\.96"],  # a 95% normal interval
-    "05_selective_amnesia.ipynb": [r"weight decay 0\.01"],  # the authors' AdamW setting
+    "06_selective_amnesia.ipynb": [r"weight decay 0\.01"],  # the authors' AdamW setting
     "10_table1.ipynb": [r"forget rate ≤ 0\.2"],  # evaluation.FORGOT_BELOW
     "14_uce_ca_fmn.ipynb": [r"weight decay 0\.01"],
 }
@@ -135,12 +135,22 @@ def test_no_measured_number_is_typed_into_markdown(path):
     assert not typed, f"measured numbers typed into markdown (print them from the run instead): {typed}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_its_own_id(path):
+    # nbformat 4.5: a cell without an id (or two cells sharing one) is fixed silently on load today, an error later
+    ids = [cell.get("id") for cell in json.loads(path.read_text())["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: cells without an id or sharing one"
+
+
 def test_claims_are_judged_from_the_numbers():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("claims", ROOT / "bench" / "claims.py")
-    claims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claims)
+    from unlearnkit.evaluation import claims
+
+    spec = importlib.util.spec_from_file_location("bench_claims", ROOT / "bench" / "claims.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.claims is claims.claims  # the bench script judges with the package's function
 
     def r(lpips, lo, hi, forget=0.0, near=None):
         out = {"lpips_ret": lpips, "lpips_ret_ci": (lo, hi), "forget_rate": forget}
@@ -157,6 +167,13 @@ def test_claims_are_judged_from_the_numbers():
     assert verdict[("(b) help losses keep integrity", "OVW")] is True  # below ESD and SA (SalUn did not forget)
     assert verdict[("(b) help losses keep integrity", "Saddle")] is False  # 0.035 is above SA's 0.03
     assert verdict[("(c) L_help matters", "OVW")] is True
+    results = {"ESD": r(0.05, 0.04, 0.06), "OVW": r(0.01, 0.008, 0.012), "OVW w/o L_help": r(0.1, 0.09, 0.11)}
+    for m, x in results.items():  # on the training prompts OVW sits above ESD: (b) holds held out only
+        x["train"] = {"lpips_ret": 0.07 if m == "OVW" else x["lpips_ret"], "lpips_ret_ci": (0.06, 0.08) if m == "OVW"
+                      else x["lpips_ret_ci"]}
+    table = claims.claims_table(results)
+    assert "| (b) help losses keep integrity | OVW | holds | does not hold |" in table
+    assert "| (c) L_help matters | OVW | holds | holds |" in table
 
 
 def test_a_kinds_rule_is_picked_over_every_pair():

@@ -16,6 +16,7 @@ from unlearnkit.prompt_files import NO_FORGET, parse_prompts, prompt_task, read_
 from unlearnkit.sd import build_tiny_sd
 
 from test_export import _lora_run  # a params="lora" run: the LoRA fused, the adapter apart
+from test_sd import build_tiny_clip  # a tiny random CLIP on the tiny SD's tokenizer
 
 FAST = dict(seeds=[0], steps=2, device="cpu")
 CLI_FAST = ["--seeds", "0", "--steps", "2", "--device", "cpu"]
@@ -184,6 +185,26 @@ def test_a_kohya_lora_on_a_tiny_sd_reports_as_its_run_does(models, tmp_path, cap
     # off the embedded world, without --clip: no judge, and the page says why
     assert "not_measured" in via_lora["forget_rate"] and "--clip" in via_lora["forget_rate"]["not_measured"]
     assert "FID: not measured" in (tmp_path / "lora" / "report.md").read_text()
+
+
+def test_off_the_world_clip_judges_forgetting_and_gives_clipscore(models, tmp_path, capsys):
+    # the report's CLIP path: a tiny random CLIP (its judgements are noise, their bookkeeping is not)
+    clip = build_tiny_clip(uk.load_pipeline(models / "sd", device="cpu").tokenizer, tmp_path / "clip")
+    argv = ["report", str(models / "sd"), "--lora", str(models / "sd-lora.safetensors"), "--prompts",
+            str(models / "sd.txt"), "--forget", "cat", "--neighbour", "dog", "--clip", str(clip), *CLI_FAST,
+            "--out", str(tmp_path / "clip-report"), "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    r = json.loads((tmp_path / "clip-report" / "report.json").read_text())
+    n_forget = sum("cat" in p for p in SD_PROMPTS)  # one seed
+    assert 0.0 <= r["forget_rate"]["value"] <= 1.0 and "not_measured" not in r["forget_rate"]
+    assert r["forget_rate"]["images"] == n_forget and r["forget_rate"]["judge"] == "CLIP zero-shot over the task's concepts"
+    hits = r["forget_rate"]["value"] * n_forget  # a share of the forget images: a whole number of them
+    assert hits == pytest.approx(round(hits))
+    assert 0.0 <= r["retain_accuracy"]["value"] <= 1.0
+    assert r["clip_score"]["value"] >= 0 and r["clip_score"]["model"] == str(clip)
+    page = (tmp_path / "clip-report" / "report.md").read_text()
+    assert "CLIP zero-shot" in page and "CLIPScore" in page
 
 
 def test_a_lora_folder_a_kohya_file_and_a_run_folder_fuse_to_the_runs_weights(models, tmp_path):

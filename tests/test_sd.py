@@ -85,12 +85,10 @@ def test_cli_round_trip_unlearn_save_evaluate(sd_dir, tmp_path):
     assert r["lpips_ret"] > 0 and r["lpips_net"].startswith("stlpips")
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(sd_dir, tmp_path_factory):
-    # a tiny random CLIP built here, sharing the tiny SD's word-level tokenizer (no download)
+def build_tiny_clip(tok, path):
+    """A tiny random CLIP saved to `path`, sharing a tiny SD's word-level tokenizer `tok` (no download)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    tok = uk.load_pipeline(sd_dir, device="cpu").tokenizer
     text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
@@ -99,10 +97,14 @@ def tiny_clip_dir(sd_dir, tmp_path_factory):
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
                                                             crop_size={"height": 32, "width": 32}), tokenizer=tok)
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     model.save_pretrained(path)
     proc.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(sd_dir, tmp_path_factory):
+    return build_tiny_clip(uk.load_pipeline(sd_dir, device="cpu").tokenizer, tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 def test_clip_zero_shot_forget_rate_accuracy_and_clipscore(sd_dir, sd_task, tiny_clip_dir):

@@ -315,3 +315,38 @@ def test_until_forgotten_refuses_a_concept_the_classifier_cannot_judge(tiny_pipe
     # the config field it used to be: one error that names the stopping rule
     with pytest.raises(ValueError, match=r"stop=unlearnkit.until_forgotten\(N\)"):
         uk.unlearn(tiny_pipe, object_task, "esd-x", steps=2, until_forgotten=2)
+
+
+@pytest.mark.parametrize("method", ["ga", "esd-x", "salun", "sa", "ovw", "saddle", "ca", "fmn"])
+def test_first_step_is_the_loops_first_step_stopped_before_backward(tiny_pipe, object_task, method):
+    # what the notebooks write out by hand is checked against this: the loss of the loop's own first step
+    from unlearnkit.train import first_step
+
+    kw = dict(FAST, steps=1, help_weight=1.0 if method == "ga" else 0.0)  # GA with L_help: the help draw is set apart
+    if method == "sa":
+        kw["fisher_samples"] = 1
+    logged = uk.unlearn(tiny_pipe, object_task, method, **kw).history[0]["loss"]
+    before = _state(tiny_pipe.unet)
+    s = first_step(tiny_pipe, object_task, method, config=make_config(method, **{k: v for k, v in kw.items()
+                                                                                 if k != "progress"}))
+    assert float(s.loss) == pytest.approx(logged, rel=1e-5)
+    assert s.forget.x_t.shape[0] == kw["batch_size"] and s.passes["train"], "the forget batch and the queued passes"
+    assert (s.help_draw is not None) == (kw["help_weight"] > 0)
+    if method in ("salun", "sa"):
+        assert s.draws and s.draws[0].idx.max() < len(s.ctx.x_r), "the retain batch the method drew itself"
+    assert all(torch.equal(before[n], p) for n, p in tiny_pipe.unet.named_parameters()), "first_step trains nothing"
+    with pytest.raises(ValueError, match="unknown"):
+        first_step(tiny_pipe, object_task, method, config=s.method.config, no_such_field=1)
+
+
+def test_first_step_by_hand_for_ga(tiny_pipe, object_task):
+    # the notebooks' check in miniature: GA's loss written out equals the step's
+    from unlearnkit.app.notebook import same_loss
+    from unlearnkit.train import first_step
+
+    s = first_step(tiny_pipe, object_task, "ga", config=make_config("ga", **{k: v for k, v in FAST.items() if k != "progress"}))
+    ctx, f = s.ctx, s.forget
+    by_hand = -((ctx.model(f.x_t, f.t, ctx.e_f[f.idx]) - f.target) ** 2).mean()
+    assert "equal" in same_loss(s, by_hand)
+    with pytest.raises(AssertionError, match="differ"):
+        same_loss(s, by_hand * 1.01)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -62,19 +62,9 @@ def train(pipe, task, name: str, method: Method, options: RunOptions, out_dir=No
     cfg = method.config
     task = task.training_view()  # a method sees the training part of the retain prompts only, never the held-out
     _check_inputs(name, method, task, stop, data_from, pipe)
-    accelerator, pipe = _setup(pipe, cfg, options)
-    data, data_fp = _data(pipe, task, cfg, data_from, accelerator.device, cache_dir, options.progress)
-    unet, base_unet, trainable, optimizer = _unets(pipe, cfg, options, accelerator)
-    generators = [torch.Generator("cpu").manual_seed(cfg.seed + offset + accelerator.process_index)
-                  for offset in (0, HELP_SEED_OFFSET)]  # the method's draws, L_help's
-    scheduler = training_scheduler(pipe)
-    ctx = StepContext(pipe=pipe, task=task, config=cfg, accelerator=accelerator, unet=unet, base_unet=base_unet,
-                      trainable=trainable, data=data, generators=generators, scheduler=scheduler,
-                      prediction_type=losses.check_prediction_type(scheduler.config.prediction_type),
-                      fingerprint=pipeline_fingerprint(pipe), data_fingerprint=data_fp, cache_dir=cache_dir,
-                      compile=options.compile)
-    method.prepare(ctx)
-    identity = run_identity(name, cfg, ctx.fingerprint, data_fp, stop)
+    ctx, optimizer, generators = _context(pipe, task, method, options, cache_dir, data_from)
+    pipe = ctx.pipe
+    identity = run_identity(name, cfg, ctx.fingerprint, ctx.data_fingerprint, stop)
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir else None
     step, history = _resume(ckpt_path, identity, ctx, optimizer, generators, method)
     pending, start, done = [], time.time(), _stopped(history)
@@ -128,6 +118,24 @@ def _check_inputs(name, method, task, stop, data_from, pipe):
     if data_from is not None and data_from.unet.config.sample_size != pipe.unet.config.sample_size:
         raise ValueError("data_from must be a pipeline of the same model (same image size) as pipe, e.g. the original "
                          "one a sequence of erasures started from; pass data_from=None to train on pipe's own images")
+
+
+def _context(pipe, task, method, options, cache_dir, data_from):
+    # (ctx, optimizer, generators): the data, the UNets, the optimiser and what the method sees, after its prepare
+    cfg = method.config
+    accelerator, pipe = _setup(pipe, cfg, options)
+    data, data_fp = _data(pipe, task, cfg, data_from, accelerator.device, cache_dir, options.progress)
+    unet, base_unet, trainable, optimizer = _unets(pipe, cfg, options, accelerator)
+    generators = [torch.Generator("cpu").manual_seed(cfg.seed + offset + accelerator.process_index)
+                  for offset in (0, HELP_SEED_OFFSET)]  # the method's draws, L_help's
+    scheduler = training_scheduler(pipe)
+    ctx = StepContext(pipe=pipe, task=task, config=cfg, accelerator=accelerator, unet=unet, base_unet=base_unet,
+                      trainable=trainable, data=data, generators=generators, scheduler=scheduler,
+                      prediction_type=losses.check_prediction_type(scheduler.config.prediction_type),
+                      fingerprint=pipeline_fingerprint(pipe), data_fingerprint=data_fp, cache_dir=cache_dir,
+                      compile=options.compile)
+    method.prepare(ctx)
+    return ctx, optimizer, generators
 
 
 def _on(pipe, device: torch.device):
@@ -227,22 +235,7 @@ def _step(name, method, ctx, optimizer):
     cfg, accelerator = ctx.config, ctx.accelerator
     for _ in range(cfg.grad_accum):
         with accelerator.accumulate(ctx._wrapped):
-            ctx.new_step()
-            help_in = _queue_help(ctx) if cfg.help_weight else None
-            loss_fn = method.step(ctx, ctx.draw("forget"))
-            if not callable(loss_fn):
-                raise TypeError(f"method {name!r}: step(ctx, forget) must return loss(out), a function of the queued "
-                                f"passes' outputs (queue them with ctx.train / ctx.frozen / ctx.current); it returned "
-                                f"a {type(loss_fn).__name__}")
-            out, log = ctx.run(), {}
-            if help_in is not None:
-                (pred_c, pred_u), (base_c, base_u) = help_in
-                out.help = losses.help_loss(out[pred_c], out[base_c], out[pred_u], out[base_u], cfg.help_uncond_weight)
-                log["help"] = out.help
-            loss, terms = _checked_loss(name, loss_fn(out))
-            log.update(terms)
-            if out.help is not None and method.adds_help:
-                loss = loss + cfg.help_weight * out.help
+            loss, log, _ = _forward(name, method, ctx)
             accelerator.backward(loss)
             method.mask_gradients(ctx.params)
             if cfg.max_grad_norm and accelerator.sync_gradients:
@@ -250,6 +243,88 @@ def _step(name, method, ctx, optimizer):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return loss, log
+
+
+def _forward(name, method, ctx):
+    # (loss, log, forget): queue the passes (L_help's, the method's), run them, the loss to backpropagate
+    cfg = ctx.config
+    ctx.new_step()
+    help_in = _queue_help(ctx) if cfg.help_weight else None
+    forget = ctx.draw("forget")
+    loss_fn = method.step(ctx, forget)
+    if not callable(loss_fn):
+        raise TypeError(f"method {name!r}: step(ctx, forget) must return loss(out), a function of the queued "
+                        f"passes' outputs (queue them with ctx.train / ctx.frozen / ctx.current); it returned "
+                        f"a {type(loss_fn).__name__}")
+    out, log = ctx.run(), {}
+    if help_in is not None:
+        (pred_c, pred_u), (base_c, base_u) = help_in
+        out.help = losses.help_loss(out[pred_c], out[base_c], out[pred_u], out[base_u], cfg.help_uncond_weight)
+        log["help"] = out.help
+    loss, terms = _checked_loss(name, loss_fn(out))
+    log.update(terms)
+    if out.help is not None and method.adds_help:
+        loss = loss + cfg.help_weight * out.help
+    return loss, log, forget
+
+
+@dataclass
+class FirstStep:
+    """The loop's first step of a method, stopped before the backward pass (`first_step`): everything needed to
+    compute the method's loss again by hand, from `losses.*`, and compare it with `loss`.
+
+    `ctx`: what the method saw (its data `ctx.x_f`, `ctx.e_f`, `ctx.e_r`, ..., and the UNet passes `ctx.model(x_t, t,
+    emb)`, the trained UNet, still equal to the base at this step, and `ctx.base(x_t, t, emb)`, the frozen base).
+    `method`: after its `prepare` (`method.state`: SalUn's mask, SA's Fisher, Saddle's τ and μ).
+    `forget`: the forget batch the loop handed to `step` (x_t, t, noise, target). `draws`: the batches `step` drew
+    itself, in order (SalUn's and SA's retain batch); `help_draw`: L_help's retain batch (None with `help_weight` 0).
+    `passes`: the UNet inputs `step` queued, {'train' | 'frozen' |
+    'current': [(x_t, t, emb), ...]} in queue order (L_help's not among them). `loss`: what the loop backpropagates
+    (the method's loss, plus λ_help·L_help where it adds it); `log`: the terms it logs.
+    """
+
+    ctx: StepContext
+    method: Method
+    forget: object
+    draws: list
+    help_draw: object
+    passes: dict
+    loss: torch.Tensor
+    log: dict
+
+
+def first_step(pipe, task, method: str, config=None, cache_dir=None, progress: bool = False, **overrides) -> FirstStep:
+    """The loop's first step of `method` on `task` (`config`: a run's config, e.g. `run.config`, else the method's
+    defaults; `overrides` on top), computed exactly as `unlearn` computes it and stopped before the backward pass:
+    a `FirstStep`. Nothing is trained; `pipe` is not modified."""
+    from dataclasses import asdict
+
+    name = canonical(method)
+    settings = {**(asdict(config) if config is not None else {}), **overrides}
+    settings, run_kw = split_settings(settings)
+    m = make_method(name, **settings)
+    options = replace(RunOptions(progress=progress), **run_kw)
+    task = task.training_view()
+    _check_inputs(name, m, task, None, None, pipe)
+    ctx, _, _ = _context(pipe, task, m, options, cache_dir, None)
+    ctx.step = 0
+    draws, passes, draw = [], {}, ctx.draw
+
+    def recorded(*args, **kwargs):
+        d = draw(*args, **kwargs)
+        draws.append(d)
+        return d
+
+    ctx.draw = recorded  # the draws made from here on: L_help's (when on), the forget batch, the method's own
+    help_draws = 1 if m.config.help_weight else 0
+    loss, log, forget = _forward(name, m, ctx)
+    del ctx.draw
+    passes = {k: list(q.parts) for k, q in ctx._queues.items()}
+    if help_draws:  # L_help's two queued passes per model come first: the method's passes are the rest
+        passes = {k: v[2:] if k in ("train", "frozen") else v for k, v in passes.items()}
+    return FirstStep(ctx=ctx, method=m, forget=forget, draws=draws[help_draws + 1:],
+                     help_draw=draws[0] if help_draws else None, passes=passes,
+                     loss=loss.detach(), log={k: float(v) for k, v in log.items()})
 
 
 def _queue_help(ctx):

@@ -178,14 +178,21 @@ def cmd_evaluate(args):
 
     base = _load(args.base, args.device, args.config)
     unlearned = _load(args.model, args.device, args.config)
-    result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
-                      guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
-                      progress=not args.json, on=args.on,
-                      forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None)
-    if result.get("forgot") is False:
-        from ..evaluation.judges import did_not_forget
+    import warnings
 
-        print(f"unlearnkit evaluate: warning: {did_not_forget(result['forget_rate'])}", file=sys.stderr)
+    from ..evaluation.judges import DidNotForget
+
+    with warnings.catch_warnings(record=True) as caught:  # printed once below, as the CLI's own line
+        warnings.simplefilter("always", DidNotForget)
+        result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
+                          guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
+                          progress=not args.json, on=args.on,
+                          forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None, name=args.model)
+    for w in caught:
+        if issubclass(w.category, DidNotForget):
+            print(f"unlearnkit evaluate: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return dict(result)
 
 

@@ -20,11 +20,33 @@ def setup(profile_name: str = "cpu", device: str = "auto"):
     from ..models import load_base
 
     P = profile(profile_name)
+    _compact_warnings()
     base = load_base(device=device)
     per_method = f"; per method {P.method_settings}" if P.method_settings else ""
     print(f"profile {P.name}: {P.method_overrides or 'method defaults'}{per_method}; evaluation {P.evaluation}; "
           f"base on {base.device}")
     return P, base, LPIPSDistance().to(base.device)
+
+
+def _compact_warnings():
+    """Warnings in a notebook as one line, 'DidNotForget: esd-x on object did not forget: ...', without the kernel's
+    temporary file and line that `warnings` prints by default."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
+
+
+def same_loss(step, by_hand, rtol: float = 1e-4) -> str:
+    """One line comparing the loss a method's own step computed (`step`, from `train.first_step`) with `by_hand`,
+    the same loss written out from `losses.*`; an AssertionError when they differ by more than `rtol` (the loop
+    batches the UNet passes of a step, so the last float digits may differ)."""
+    import math
+
+    ours = float(step.loss)
+    theirs = float(by_hand.detach()) if hasattr(by_hand, "detach") else float(by_hand)
+    if not math.isclose(ours, theirs, rel_tol=rtol, abs_tol=1e-7):
+        raise AssertionError(f"the method's step gave {ours:.6g}, the loss written out {theirs:.6g}: they differ")
+    return f"the method's own step: {ours:.6g}; written out from losses.*: {theirs:.6g}; equal to {rtol:g} (relative)"
 
 
 def measured(method: str, figures_dir: str = "../figures", budgets=("cpu",)) -> str:
@@ -142,3 +164,53 @@ def neighbour_verdict(results: dict, forgot_below: float = 0.2) -> str:
     if untested:
         text += "Not testable (did not forget): " + ", ".join(untested) + "."
     return text.strip()
+
+
+def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float = 0.2) -> str:
+    """What each method drew, read by the concept classifier, as a Markdown table and one sentence per method:
+    what its forget-prompt images show in place of the concept (the most frequent concepts of the task's kind, with
+    their share; the evaluation's own images and seeds, from the sample cache), how often its neighbour-prompt images
+    still show the neighbour (on the evaluation seeds), and its LPIPS_ret on the neighbour against the rest — with the caveat where a method
+    did not forget (its retention numbers then say nothing about the cost of forgetting)."""
+    from collections import Counter
+
+    from ..data import cached_sample_pairs
+    from ..evaluation.classifier import load_classifier
+
+    clf = load_classifier()
+    forget_seeds = list(prof.forget_seeds)
+    f_prompts = [p for p in task.forget_prompts for _ in forget_seeds]
+    f_seeds = forget_seeds * len(task.forget_prompts)
+    n_prompts = [task.swap(p, task.neighbour_concept) for p in task.forget_prompts] if task.neighbour_concept else []
+    rows, notes = [], []
+    for name, pipe in pipes.items():
+        shown = Counter(p[task.kind] for p in clf.predict(cached_sample_pairs(pipe, f_prompts, f_seeds,
+                                                                              prof.sample_steps, prof.guidance_scale)))
+        top = ", ".join(f"{c} {k / len(f_prompts):.0%}" for c, k in shown.most_common(3))
+        kept = ""
+        if n_prompts:
+            seeds = list(prof.eval_seeds)
+            imgs = cached_sample_pairs(pipe, [p for p in n_prompts for _ in seeds], seeds * len(n_prompts),
+                                       prof.sample_steps, prof.guidance_scale)
+            kept = f"{sum(p[task.kind] == task.neighbour_concept for p in clf.predict(imgs)) / len(imgs):.0%}"
+        r = results.get(name, {})
+        near = (f"{r['lpips_neighbour']:.3f} / {r['lpips_rest']:.3f}" if "lpips_neighbour" in r else "—")
+        rows.append(f"| {name} | {top} | {kept or '—'} | {near} |")
+        if name == "base":
+            continue
+        rate = r.get("forget_rate")
+        if rate is not None and rate > forgot_below:
+            notes.append(f"**{name}** did not forget (forget rate {rate:.2f}): its images still show "
+                         f"{task.forget_concept}, and its retention numbers say nothing about the cost of forgetting.")
+            continue
+        instead = next((c for c, _ in shown.most_common() if c != task.forget_concept), None)
+        line = f"**{name}** draws {instead or 'nothing the classifier names'} where the base drew {task.forget_concept}"
+        if "lpips_neighbour" in r:
+            (lo_n, hi_n), (lo_r, hi_r) = r["lpips_neighbour_ci"], r["lpips_rest_ci"]
+            line += ("; the neighbour pays more than the rest (intervals disjoint)" if lo_n > hi_r else
+                     "; the rest pays more than the neighbour (intervals disjoint)" if lo_r > hi_n else
+                     "; neighbour and rest pay alike (intervals overlap)")
+        notes.append(line + ".")
+    head = (f"| model | the *{task.forget_concept}* prompts show ({task.kind}, classifier) | the neighbour's prompts "
+            f"still show *{task.neighbour_concept}* | LPIPS_ret neighbour / rest |\n|---|---|---|---|\n")
+    return head + "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)

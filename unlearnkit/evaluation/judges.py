@@ -34,10 +34,14 @@ def forget_hits(images: torch.Tensor, task, classifier=None, clip=None) -> list[
     return [p == task.forget_concept for p in clip_zero_shot(clip, images, labels)]
 
 
-def did_not_forget(forget_rate: float, threshold: float = None) -> str:
-    """The warning for a run whose forget rate stayed above the threshold."""
+class DidNotForget(UserWarning):
+    """`evaluate`'s warning for a model whose forget rate stayed above the threshold."""
+
+
+def did_not_forget(forget_rate: float, threshold: float = None, name: str | None = None) -> str:
+    """The warning for a run whose forget rate stayed above the threshold; `name` (the method or the run) opens it."""
     threshold = FORGOT_BELOW if threshold is None else threshold
-    return (f"did not forget: forget rate {forget_rate:.2f} (> {threshold:.2f}); its retention numbers say nothing "
+    return (f"{name + ' ' if name else ''}did not forget: forget rate {forget_rate:.2f} (> {threshold:.2f}); its retention numbers say nothing "
             "about the cost of forgetting — train longer, raise lr, or try another method")
 
 

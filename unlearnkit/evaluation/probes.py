@@ -63,3 +63,11 @@ def lpips_ladder(pipe, prompt: str, lpips, seed: int = 0, other_seed: int = 1, c
     values = lpips(reference, images).tolist()
     return {name: {"image": x, "prompt": p, "seed": s, "lpips": v}
             for (name, (p, s)), x, v in zip(rungs.items(), images, values)}
+
+
+def smallest_detected(results: dict, key: str, reference=0.0):
+    """The smallest damage scale at which metric `key` sees the damage: its 95% interval (`key + '_ci'`) no longer
+    overlaps the undamaged model's (`results[reference]`); None when it sees none. `results`: {scale: evaluate dict}."""
+    lo0, hi0 = results[reference][key + "_ci"]
+    return next((s for s, r in sorted(results.items()) if s != reference
+                 and (r[key + "_ci"][0] > hi0 or r[key + "_ci"][1] < lo0)), None)

@@ -18,7 +18,7 @@ from ..data import cached_sample_pairs, pipeline_fingerprint
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .clip import clip_score
 from .fid import classifier_fid, fid_ci
-from .judges import FORGOT_BELOW, did_not_forget, judge_for
+from .judges import DidNotForget, FORGOT_BELOW, did_not_forget, judge_for
 from .lpips import LPIPS_SIZE, LPIPSDistance
 from .stats import bootstrap_ci, rate_ci
 
@@ -117,7 +117,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
              lpips: LPIPSDistance | None = None, clip=None, batch_size: int | None = None,
              progress: bool | None = None, forgot_below: float = FORGOT_BELOW, on: str = "eval",
-             forget_seeds=None) -> Evaluation:
+             forget_seeds=None, name: str | None = None) -> Evaluation:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`: an `Evaluation`.
 
     LPIPS_ret and I with their interval, per concept (neighbour first), on the neighbour's pairs and the rest; the
@@ -130,7 +130,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     (`.on` says 'all'). `max_retain` evaluates the first N prompts of that part (neighbour prompts come first).
     `forget_seeds` (default: `seeds`): the seeds of the forget images, the forget rate's sample; more seeds, a
     narrower interval (a Wilson interval, `stats.rate_ci`). `forgot` is True when forget_rate <= `forgot_below`
-    (else a warning says so: integrity means little where nothing was forgotten).
+    (else a `DidNotForget` warning, opened by `name` — the method or run — says so: integrity means little where
+    nothing was forgotten; never for the base against itself).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -201,6 +202,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
         out.train = {k: train[k] for k in TRAIN_KEYS if k in train}
     out.seconds = time.time() - start
     out.forgot = None if out.forget_rate is None else out.forget_rate <= forgot_below
-    if out.forgot is False and (1.0 if out.base_forget_rate is None else out.base_forget_rate) > forgot_below:
-        warnings.warn(did_not_forget(out.forget_rate, forgot_below), stacklevel=2)
+    if out.forgot is False and not same and (1.0 if out.base_forget_rate is None else out.base_forget_rate) > forgot_below:
+        warnings.warn(did_not_forget(out.forget_rate, forgot_below, f"{name} on {task.name}" if name else None),
+                      DidNotForget, stacklevel=2)
     return out

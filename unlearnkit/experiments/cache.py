@@ -85,7 +85,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
 def _settings(task: Task, name: str, prof: Profile, use_tuned: bool, overrides: dict) -> dict:
     # run_method's config overrides: the profile's, the task's tuned config (or its kind's rule), the caller's; LoRA
     # runs get their method's lr multiple (LORA_LR_MULT) unless lr is given
-    profile_settings = {**prof.method_overrides, **prof.method_settings.get(name, {})}
+    profile_settings = prof.settings(name)
     if make_method(name).config.steps == 0:  # a closed-form method stays one under every profile
         profile_settings.pop("steps", None)
     settings = {**profile_settings, **(tuned(task.name, name, task.kind) if use_tuned else {}), **overrides}

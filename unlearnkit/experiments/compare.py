@@ -30,6 +30,6 @@ def compare_methods(base, task: Task, methods=tuple(FIGURE_METHODS), prof: Profi
         run = run_method(base, task, m, prof, cache_dir=cache_dir, progress=progress, **kw)
         pipes[label] = run.pipeline
         results[label] = evaluate(base, run.pipeline, task, lpips=lpips, cache_dir=cache_dir, progress=progress,
-                                  on=on, **prof.evaluation)
+                                  on=on, name=label, **prof.evaluation)
         results[label]["train_seconds"] = run.seconds
     return pipes, results

@@ -49,6 +49,13 @@ class Profile:
             return self.task(name)
         return self.trim(world.task(word))
 
+    def settings(self, method: str) -> dict:
+        """The config fields this profile sets for `method`: its budget for every method and its own for this one
+        (`uk.unlearn(pipe, task, method, **P.settings(method))`; `run_method` adds the task's tuned config on top)."""
+        from ..methods import canonical
+
+        return {**self.method_overrides, **self.method_settings.get(canonical(method), {})}
+
     @property
     def attack(self) -> dict:
         """`attacks.attack`'s settings under this profile."""

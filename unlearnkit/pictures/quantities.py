@@ -200,23 +200,32 @@ def attention_maps(pipes: dict, prompt: str, word: str, seed: int = 0, t: int = 
 
 
 @torch.no_grad()
-def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guidance_scale: float = 2.0,
-                    cache_dir=None) -> tuple[dict, list[str]]:
-    """The model being unlearned, sampled at the start, after each kept step (`run_method(..., snapshots=...)`)
-    and at the end: ({prompt: images [S,3,H,W]}, column labels "0%", "25% (step 12)", ...), same seed throughout."""
+def snapshot_pipelines(base, result) -> dict:
+    """{step: pipeline} of the model being unlearned: the base at step 0, the weights kept after each snapshot step
+    (`run_method(..., snapshots=...)`) and the result at its last step."""
     import copy
 
-    from ..sampling import sample
-
-    total = result.config.steps
-    columns = {0: cached_sample_pairs(base, list(prompts), [seed] * len(prompts), steps, guidance_scale, cache_dir)}
+    total = len(result.history) or result.config.steps
+    pipes = {0: base}
     for k, weights in sorted(result.snapshots.items()):
         if 0 < k < total:
             unet = copy.deepcopy(base.unet)
             unet.load_state_dict({n: w.to(pipeline_device(base)) for n, w in weights.items()}, strict=False)
-            pipe = with_unet(base, unet)
+            pipes[k] = with_unet(base, unet.eval().requires_grad_(False))
+    pipes[total] = result.pipeline
+    return pipes
+
+
+def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guidance_scale: float = 2.0,
+                    cache_dir=None) -> tuple[dict, list[str]]:
+    """The model being unlearned, sampled at the start, after each kept step (`run_method(..., snapshots=...)`)
+    and at the end: ({prompt: images [S,3,H,W]}, column labels "0%", "25% (step 12)", ...), same seed throughout."""
+    from ..sampling import sample
+
+    total = len(result.history) or result.config.steps
+    columns = {0: cached_sample_pairs(base, list(prompts), [seed] * len(prompts), steps, guidance_scale, cache_dir)}
+    for k, pipe in snapshot_pipelines(base, result).items():
+        if k > 0:
             columns[k] = sample(pipe, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale, progress=False)
-    columns[total] = sample(result.pipeline, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale,
-                            progress=False)
     labels = [f"{100 * k / total:.0f}% (step {k})" for k in columns]
     return {p: torch.stack([columns[k][i] for k in columns]) for i, p in enumerate(prompts)}, labels
