@@ -324,7 +324,8 @@ def first_step(pipe, task, method: str, config=None, cache_dir=None, progress: b
         passes = {k: v[2:] if k in ("train", "frozen") else v for k, v in passes.items()}
     return FirstStep(ctx=ctx, method=m, forget=forget, draws=draws[help_draws + 1:],
                      help_draw=draws[0] if help_draws else None, passes=passes,
-                     loss=loss.detach(), log={k: float(v) for k, v in log.items()})
+                     loss=loss.detach(), log={k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                                             for k, v in log.items()})
 
 
 def _queue_help(ctx):
