@@ -322,7 +322,8 @@ def saddle_dual(history: list[dict], title: str = "", path=None):
     mu.plot(steps, [h["mu"] for h in history], color="#2a6f97", label="μ")
     mu.set_ylabel("μ", fontsize=7, color="#2a6f97")
     mu.tick_params(labelsize=7)
-    fig.legend(fontsize=6, loc="upper left")
+    lines = ax.get_lines() + mu.get_lines()  # one legend for both axes, inside the plot, clear of the title
+    mu.legend(lines, [ln.get_label() for ln in lines], fontsize=6, loc="upper right", frameon=False)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return _finish(fig, path)
