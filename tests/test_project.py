@@ -164,6 +164,8 @@ def test_claims_are_judged_from_the_numbers():
     verdict = {(c, m): h for c, m, h, _ in rows}
     assert verdict[("forgets", "SalUn")] is False and verdict[("forgets", "OVW")] is True
     assert verdict[("(a) neighbour pays most", "ESD")] is True
+    near = dict(lpips_neighbour_ci=(0.01, 0.02), lpips_rest_ci=(0.03, 0.05))
+    assert claims.who_pays_more(near) == "rest" and claims.who_pays_more({**near, "lpips_rest_ci": (0.015, 0.05)}) is None
     assert verdict[("(b) help losses keep integrity", "OVW")] is True  # below ESD and SA (SalUn did not forget)
     assert verdict[("(b) help losses keep integrity", "Saddle")] is False  # 0.035 is above SA's 0.03
     assert verdict[("(c) L_help matters", "OVW")] is True

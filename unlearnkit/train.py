@@ -308,7 +308,7 @@ def first_step(pipe, task, method: str, config=None, cache_dir=None, progress: b
     _check_inputs(name, m, task, None, None, pipe)
     ctx, _, _ = _context(pipe, task, m, options, cache_dir, None)
     ctx.step = 0
-    draws, passes, draw = [], {}, ctx.draw
+    draws, draw = [], ctx.draw
 
     def recorded(*args, **kwargs):
         d = draw(*args, **kwargs)

@@ -145,9 +145,13 @@ def trained_config(run) -> str:
             + (" (every other field at the method's default)" if changed else ""))
 
 
-def neighbour_verdict(results: dict, forgot_below: float = 0.2) -> str:
+def neighbour_verdict(results: dict, forgot_below: float | None = None) -> str:
     """The paper's claim (a), read from `results` ({method: evaluate result}): for which methods that forgot is
     LPIPS_ret on the neighbour's pairs above the rest's, intervals disjoint; a sentence written from the numbers."""
+    from ..evaluation import FORGOT_BELOW
+    from ..evaluation.claims import who_pays_more
+
+    forgot_below = FORGOT_BELOW if forgot_below is None else forgot_below
     holds, fails, untested = [], [], []
     for name, r in results.items():
         if name == "base" or "lpips_neighbour" not in r:
@@ -155,8 +159,7 @@ def neighbour_verdict(results: dict, forgot_below: float = 0.2) -> str:
         if r.get("forget_rate") is not None and r["forget_rate"] > forgot_below:
             untested.append(name)
             continue
-        (lo, _), (_, hi) = r["lpips_neighbour_ci"], r["lpips_rest_ci"]
-        (holds if lo > hi else fails).append(f"{name} ({r['lpips_neighbour']:.3f} vs {r['lpips_rest']:.3f})")
+        (holds if who_pays_more(r) == "neighbour" else fails).append(f"{name} ({r['lpips_neighbour']:.3f} vs {r['lpips_rest']:.3f})")
     text = (f"Claim (a), neighbour above the rest with disjoint intervals, holds for {len(holds)} of "
             f"{len(holds) + len(fails)} methods that forgot: " + (", ".join(holds) or "none") + ". ")
     if fails:
@@ -166,7 +169,7 @@ def neighbour_verdict(results: dict, forgot_below: float = 0.2) -> str:
     return text.strip()
 
 
-def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float = 0.2) -> str:
+def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float | None = None) -> str:
     """What each method drew, read by the concept classifier, as a Markdown table and one sentence per method:
     what its forget-prompt images show in place of the concept (the most frequent concepts of the task's kind, with
     their share; the evaluation's own images and seeds, from the sample cache), how often its neighbour-prompt images
@@ -175,8 +178,11 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float =
     from collections import Counter
 
     from ..data import cached_sample_pairs
+    from ..evaluation import FORGOT_BELOW
+    from ..evaluation.claims import who_pays_more
     from ..evaluation.classifier import load_classifier
 
+    forgot_below = FORGOT_BELOW if forgot_below is None else forgot_below
     clf = load_classifier()
     forget_seeds = list(prof.forget_seeds)
     f_prompts = [p for p in task.forget_prompts for _ in forget_seeds]
@@ -206,10 +212,9 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float =
         instead = next((c for c, _ in shown.most_common() if c != task.forget_concept), None)
         line = f"**{name}** draws {instead or 'nothing the classifier names'} where the base drew {task.forget_concept}"
         if "lpips_neighbour" in r:
-            (lo_n, hi_n), (lo_r, hi_r) = r["lpips_neighbour_ci"], r["lpips_rest_ci"]
-            line += ("; the neighbour pays more than the rest (intervals disjoint)" if lo_n > hi_r else
-                     "; the rest pays more than the neighbour (intervals disjoint)" if lo_r > hi_n else
-                     "; neighbour and rest pay alike (intervals overlap)")
+            line += {"neighbour": "; the neighbour pays more than the rest (intervals disjoint)",
+                     "rest": "; the rest pays more than the neighbour (intervals disjoint)",
+                     None: "; neighbour and rest pay alike (intervals overlap)"}[who_pays_more(r)]
         notes.append(line + ".")
     head = (f"| model | the *{task.forget_concept}* prompts show ({task.kind}, classifier) | the neighbour's prompts "
             f"still show *{task.neighbour_concept}* | LPIPS_ret neighbour / rest |\n|---|---|---|---|\n")

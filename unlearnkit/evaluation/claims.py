@@ -10,6 +10,14 @@ from .stats import format_ci
 BASELINES, HELPED = ("ESD", "SalUn", "SA", "UCE", "CA", "CA (noise)", "FMN"), ("OVW", "Saddle")  # rivals: those present
 
 
+def who_pays_more(r) -> str | None:
+    """'neighbour' or 'rest' when that part's LPIPS_ret interval lies wholly above the other's (`evaluate`'s
+    `lpips_neighbour_ci`, `lpips_rest_ci`); None when they overlap. The paper's claim (a) holds where it is
+    'neighbour'."""
+    (lo_n, hi_n), (lo_r, hi_r) = r["lpips_neighbour_ci"], r["lpips_rest_ci"]
+    return "neighbour" if lo_n > hi_r else "rest" if lo_r > hi_n else None
+
+
 def claims(results: dict) -> list[tuple[str, str, bool | None, str]]:
     """[(claim, who, holds (None: not testable), numbers)] from {display name: evaluate dict}."""
     out, forgot = [], {m: r["forget_rate"] <= FORGOT_BELOW for m, r in results.items()}
@@ -18,7 +26,7 @@ def claims(results: dict) -> list[tuple[str, str, bool | None, str]]:
     for m, r in results.items():
         if "lpips_neighbour" not in r:
             continue
-        holds = r["lpips_neighbour_ci"][0] > r["lpips_rest_ci"][1] if forgot[m] else None
+        holds = who_pays_more(r) == "neighbour" if forgot[m] else None
         out.append(("(a) neighbour pays most", m, holds, f"neighbour {format_ci(r['lpips_neighbour'], r['lpips_neighbour_ci'])}"
                     f" vs rest {format_ci(r['lpips_rest'], r['lpips_rest_ci'])}"))
     for h in HELPED:

@@ -216,15 +216,17 @@ def snapshot_pipelines(base, result) -> dict:
     return pipes
 
 
+@torch.no_grad()
 def snapshot_images(base, result, prompts, seed: int = 0, steps: int = 20, guidance_scale: float = 2.0,
                     cache_dir=None) -> tuple[dict, list[str]]:
     """The model being unlearned, sampled at the start, after each kept step (`run_method(..., snapshots=...)`)
     and at the end: ({prompt: images [S,3,H,W]}, column labels "0%", "25% (step 12)", ...), same seed throughout."""
     from ..sampling import sample
 
-    total = len(result.history) or result.config.steps
+    pipes = snapshot_pipelines(base, result)
+    total = max(pipes)  # the step the run ended at
     columns = {0: cached_sample_pairs(base, list(prompts), [seed] * len(prompts), steps, guidance_scale, cache_dir)}
-    for k, pipe in snapshot_pipelines(base, result).items():
+    for k, pipe in pipes.items():
         if k > 0:
             columns[k] = sample(pipe, list(prompts), [seed], steps=steps, guidance_scale=guidance_scale, progress=False)
     labels = [f"{100 * k / total:.0f}% (step {k})" for k in columns]
