@@ -199,6 +199,11 @@ def test_neighbour_and_rest_columns_and_the_did_not_forget_flag():
     from unlearnkit.evaluation import DidNotForget
 
     assert [str(w.message)[:35] for w in named if w.category is DidNotForget] == ["esd-x on object did not forget: for"]
+    with warnings.catch_warnings(record=True) as both:  # on="both" reads the same forget images twice: one warning
+        warnings.simplefilter("always")
+        uk.evaluate(base, other, task, seeds=[0], steps=2, fid=False, classifier=SeesTriangles(), name="esd-x",
+                    on="both")
+    assert [str(w.message)[:35] for w in both if w.category is DidNotForget] == ["esd-x on object did not forget: for"]
     table = uk.results_table({"x": r})
     assert "LPIPS_ret neighbour" in table and f"{r['lpips_rest']:.3f} [" in table
 

@@ -208,12 +208,13 @@ def test_off_the_world_clip_judges_forgetting_and_gives_clipscore(models, tmp_pa
 
 
 def test_a_lora_folder_a_kohya_file_and_a_run_folder_fuse_to_the_runs_weights(models, tmp_path):
-    from unlearnkit.evaluation.report import load_model, with_lora
+    from unlearnkit.evaluation.report import with_lora
+    from unlearnkit.models import open_model
 
     sd = build_tiny_sd(SD_PROMPTS + [NO_FORGET])
     run = _lora_run(sd)
     uk.export(run, tmp_path / "run" / "lora", format="lora")  # a LoRA run's folder keeps its adapter in lora/
-    base = load_model(models / "sd", "BASE", device="cpu")
+    base = open_model(models / "sd", "BASE", device="cpu")
     for lora in (models / "sd-lora.safetensors", tmp_path / "run" / "lora", tmp_path / "run"):
         fused = with_lora(base, lora, "sd")
         for (name, p), q in zip(fused.unet.named_parameters(), run.pipeline.unet.parameters()):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .backbone import with_unet
-from .io import WEIGHT_FILE_SUFFIXES, atomic_folder, atomic_write
+from .io import WEIGHT_FILE_SUFFIXES, atomic_folder, atomic_write, refuse_to_destroy
 
 FORMATS = ("diffusers", "single-file", "lora", "kohya")
 FILE_FORMATS = ("single-file", "kohya")  # one .safetensors file; the others write a folder
@@ -98,14 +98,7 @@ def check_target(path: Path, format: str, overwrite: bool, sources) -> None:
     """One clear error, before anything is written, for a target that would destroy something: the model being
     exported (or a folder holding it), an existing file or non-empty folder without `overwrite`, a folder path for
     a file format or the other way round."""
-    where = Path(os.path.abspath(path))
-    for src in sources:
-        if src is None:
-            continue
-        src = Path(os.path.abspath(src))
-        if where == src or where in src.parents:
-            raise ValueError(f"export target {str(path)!r} is or holds the model being exported ({src}); writing "
-                             "there would delete it: pass another path")
+    refuse_to_destroy(path, sources, "export target", "the model being exported", "pass another path")
     if format not in FILE_FORMATS and path.suffix in WEIGHT_FILE_SUFFIXES:
         raise ValueError(f"format {format!r} writes a folder, but {str(path)!r} names a file; pass a folder path "
                          "(one .safetensors file: format 'single-file' for the whole model, 'kohya' for a LoRA)")

@@ -20,6 +20,20 @@ def umask() -> int:
     return mask
 
 
+def refuse_to_destroy(target: str | Path, sources, what: str, source: str, fix: str) -> None:
+    """A ValueError when writing `target` (replacing it whole, as an export or a report does) would delete one of
+    `sources` (paths; None skipped): `target` is that source or a folder above it. `what` names the target, `source`
+    what the sources are, `fix` what to do instead."""
+    where = Path(os.path.abspath(target))
+    for src in sources:
+        if src is None:
+            continue
+        src = Path(os.path.abspath(src))
+        if where == src or where in src.parents:
+            raise ValueError(f"{what} {str(target)!r} is or holds {source} ({src}); writing there would delete it: "
+                             f"{fix}")
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)

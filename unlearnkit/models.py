@@ -245,6 +245,27 @@ def load_base(device="auto", dtype=None) -> UnlearnkitPipeline:
     return load_pipeline(BASE_DIR, device=device, dtype=dtype)
 
 
+def open_model(spec, role: str = "model", config=None, device="auto"):
+    """The pipeline `spec` names, or `spec` itself when it already is one: 'base' (the embedded model), a diffusers
+    folder, a run folder (`unlearnkit unlearn --out`: its pipeline/), a single-file checkpoint (with `config`) or a
+    hub id. A missing local path is one ValueError that names `role` (the argument it came from) and what to pass."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec
+    if str(spec) == "base":
+        return load_base(device=device)
+    path = Path(spec)
+    if path.is_dir() and not (path / "model_index.json").exists() and (path / "pipeline").is_dir():
+        path = path / "pipeline"  # a run folder written by `unlearnkit unlearn --out`
+    text = str(spec)
+    if not path.exists() and (text.startswith((".", "/", "~")) or text.count("/") != 1):
+        raise ValueError(f"{role} {text!r} does not exist (from {Path.cwd()}); pass 'base', a diffusers folder, a run "
+                         "folder (unlearnkit unlearn --out), a single-file checkpoint with --config, or a hub id")
+    try:  # --config belongs to single-file checkpoints; a folder or hub id carries its own
+        return load_pipeline(path, config=config if path.is_file() else None, device=device)
+    except ValueError as e:
+        raise ValueError(f"{role} {text!r}: {e}") from e
+
+
 def load_unlearned_unet(folder: str | Path, device="auto", dtype=None):
     """The base pipeline recorded in `folder` with the unlearned UNet from `folder/unet` in place: the run folders
     `unlearnkit unlearn` wrote for Stable Diffusion before 2026-12-02 (now it writes a whole diffusers folder)."""

@@ -37,13 +37,11 @@ def _override(text: str):
         return key, value
 
 
-def _load(path: str | None, device: str, config: str | None = None):
-    from ..models import load_base, load_pipeline
+def _load(path: str | None, device: str, config: str | None = None, role: str = "--model"):
+    """The model a command-line argument names (`models.open_model`: 'base', a folder, a run folder, a file)."""
+    from ..models import open_model
 
-    if path in (None, "base"):
-        return load_base(device=device)
-    # --config belongs to single-file checkpoints; a folder or hub id carries its own
-    return load_pipeline(path, config=config if Path(path).is_file() else None, device=device)
+    return open_model("base" if path is None else path, role, config=config, device=device)
 
 
 def _tasks(args) -> list:
@@ -166,8 +164,8 @@ def cmd_unlearn(args):
 def cmd_attack(args):
     from ..evaluation.attacks import attack
 
-    unlearned = _load(args.model, args.device, args.config)
-    base = _load(args.base, args.device, args.config)
+    unlearned = _load(args.model, args.device, args.config, role="MODEL")
+    base = _load(args.base, args.device, args.config, role="--base")
     r = attack(unlearned, _task(args), steps=args.steps, base=base, seeds=_seeds(args.seeds),
                sample_steps=args.sample_steps)
     return {k: v for k, v in r.items() if k != "history"}
@@ -176,8 +174,8 @@ def cmd_attack(args):
 def cmd_evaluate(args):
     from ..evaluation.suite import evaluate
 
-    base = _load(args.base, args.device, args.config)
-    unlearned = _load(args.model, args.device, args.config)
+    base = _load(args.base, args.device, args.config, role="--base")
+    unlearned = _load(args.model, args.device, args.config, role="MODEL")
     import warnings
 
     from ..evaluation.judges import DidNotForget
@@ -234,7 +232,7 @@ def cmd_export(args):
         lora, lora_config = read_lora(folder)  # the LoRA formats need only the adapter: RUN/lora or a LoRA folder
         return {"format": args.format, "out": str(export(SimpleNamespace(pipeline=None, lora=lora,
                                                                             lora_config=lora_config), args.out, **kw))}
-    model = _load(str(source / "pipeline") if run else args.source, args.device, args.config)
+    model = _load(str(source / "pipeline") if run else args.source, args.device, args.config, role="SOURCE")
     if args.format in ("diffusers", "single-file"):
         return {"format": args.format, "out": str(export(model, args.out, **kw))}
     # a full-weight run (or pipeline): the LoRA is the SVD of its weight change against the base
@@ -245,7 +243,7 @@ def cmd_export(args):
     if base_path is None:
         raise ValueError(f"{args.source!r} trained full weights and records no base; pass --base <the model it was "
                          "unlearned from> to extract a LoRA by SVD of the weight change")
-    base = _load(base_path, args.device, args.config)
+    base = _load(base_path, args.device, args.config, role="--base")
     lora, lora_config, report = extract_lora(base, model, rank=args.rank)
     out = export(SimpleNamespace(pipeline=model, lora=lora, lora_config=lora_config), args.out, **kw)
     return {"format": args.format, "out": str(out), "base": base_path, "rank": args.rank, "layers": report.layers,

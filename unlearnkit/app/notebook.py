@@ -188,7 +188,7 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
     f_prompts = [p for p in task.forget_prompts for _ in forget_seeds]
     f_seeds = forget_seeds * len(task.forget_prompts)
     n_prompts = [task.swap(p, task.neighbour_concept) for p in task.forget_prompts] if task.neighbour_concept else []
-    rows, notes = [], []
+    rows, notes, kept_share = [], [], {}
     for name, pipe in pipes.items():
         shown = Counter(p[task.kind] for p in clf.predict(cached_sample_pairs(pipe, f_prompts, f_seeds,
                                                                               prof.sample_steps, prof.guidance_scale)))
@@ -198,7 +198,8 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
             seeds = list(prof.eval_seeds)
             imgs = cached_sample_pairs(pipe, [p for p in n_prompts for _ in seeds], seeds * len(n_prompts),
                                        prof.sample_steps, prof.guidance_scale)
-            kept = f"{sum(p[task.kind] == task.neighbour_concept for p in clf.predict(imgs)) / len(imgs):.0%}"
+            kept_share[name] = sum(p[task.kind] == task.neighbour_concept for p in clf.predict(imgs)) / len(imgs)
+            kept = f"{kept_share[name]:.0%}"
         r = results.get(name, {})
         near = (f"{r['lpips_neighbour']:.3f} / {r['lpips_rest']:.3f}" if "lpips_neighbour" in r else "—")
         rows.append(f"| {name} | {top} | {kept or '—'} | {near} |")
@@ -211,10 +212,16 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
             continue
         instead = next((c for c, _ in shown.most_common() if c != task.forget_concept), None)
         line = f"**{name}** draws {instead or 'nothing the classifier names'} where the base drew {task.forget_concept}"
+        if name in kept_share and "base" in kept_share:
+            line += (f"; its *{task.neighbour_concept}* prompts show {task.neighbour_concept} in "
+                     f"{kept_share[name]:.0%} of images (base {kept_share['base']:.0%})")
         if "lpips_neighbour" in r:
             line += {"neighbour": "; the neighbour pays more than the rest (intervals disjoint)",
                      "rest": "; the rest pays more than the neighbour (intervals disjoint)",
                      None: "; neighbour and rest pay alike (intervals overlap)"}[who_pays_more(r)]
+            if who_pays_more(r) != "neighbour" and kept_share.get(name, 1) <= kept_share.get("base", 0) / 2:
+                line += (", although the neighbour loses more than half of its images: LPIPS_ret does not single out "
+                         "a concept that is no longer drawn")
         notes.append(line + ".")
     head = (f"| model | the *{task.forget_concept}* prompts show ({task.kind}, classifier) | the neighbour's prompts "
             f"still show *{task.neighbour_concept}* | LPIPS_ret neighbour / rest |\n|---|---|---|---|\n")

@@ -57,7 +57,7 @@ def claims_table(results: dict) -> str:
     word = {True: "holds", False: "does not hold", None: "not testable"}
     lines = ["| claim | method | held-out prompts | training prompts | numbers (held out) |", "|---|---|---|---|---|"]
     for k, (claim, who, holds, numbers) in enumerate(held):
-        if claim == "forgets":
+        if claim == "forgets" or who == "base":  # the base forgets nothing: no claim is about it
             continue
         lines.append(f"| {claim} | {who} | {word[holds]} | {word[train[k][2]] if train else '—'} | {numbers} |")
     return "\n".join(lines)

@@ -18,7 +18,8 @@ from pathlib import Path
 from .. import __version__
 from ..backbone import is_latent, sample_shape
 from ..data import cached_sample_pairs, pipeline_fingerprint
-from ..io import atomic_folder
+from ..io import atomic_folder, refuse_to_destroy
+from ..models import open_model
 from ..prompt_files import SHIPPED, read_prompts, prompt_task
 from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .lpips import LPIPS_SIZE, LPIPSDistance
@@ -66,13 +67,13 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
     check_out(out, overwrite, [base, edited, lora])
     plist = read_prompts(prompts) if prompts is not None else None  # a bad prompt file fails before any model loads
     start = time.time()
-    base_pipe = load_model(base, "BASE", config, device)
+    base_pipe = open_model(base, "BASE", config, device)
     if lora is not None:
         edited_pipe = with_lora(base_pipe, lora, _name(base))
     elif _same_source(base, edited):
         edited_pipe = base_pipe  # one model twice: loaded once
     else:
-        edited_pipe = load_model(edited, "EDITED", config, device)
+        edited_pipe = open_model(edited, "EDITED", config, device)
     check_compatible(base_pipe, edited_pipe, _name(base), _name(edited) if lora is None else f"{_name(base)} + LoRA")
     if plist is None:
         if is_latent(base_pipe):
@@ -152,14 +153,9 @@ def check_out(out: Path, overwrite: bool, sources) -> None:
     that is or holds an input, a non-empty folder without `overwrite`, or (even with it) one that holds no report."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"report folder {str(out)!r} is a file; pass a folder path for --out")
-    where = Path(os.path.abspath(out))
-    for src in sources:
-        if not isinstance(src, (str, os.PathLike)) or not Path(src).exists():
-            continue
-        for path in (Path(src), Path(src) / "pipeline"):
-            if where == Path(os.path.abspath(path)) or where in Path(os.path.abspath(path)).parents:
-                raise ValueError(f"report folder {str(out)!r} is or holds the input {str(src)!r}; writing there "
-                                 "would delete it: pass another --out")
+    inputs = [p for src in sources if isinstance(src, (str, os.PathLike)) and Path(src).exists()
+              for p in (Path(src), Path(src) / "pipeline")]  # a run folder's model is its pipeline/
+    refuse_to_destroy(out, inputs, "report folder", "an input", "pass another --out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ValueError(f"report folder {str(out)!r} exists and is not empty; pass --overwrite (overwrite=True) "
@@ -167,27 +163,6 @@ def check_out(out: Path, overwrite: bool, sources) -> None:
         if not (out / JSON_FILE).exists():
             raise ValueError(f"report folder {str(out)!r} holds no {JSON_FILE}: it is not an earlier report, so "
                              "--overwrite will not delete it; pass another --out")
-
-
-def load_model(spec, role: str, config=None, device="auto"):
-    """The pipeline `spec` names (see `report`), or `spec` itself when it is one; a ValueError names `role`."""
-    from ..models import load_base, load_pipeline
-
-    if not isinstance(spec, (str, os.PathLike)):
-        return spec
-    if str(spec) == "base":
-        return load_base(device=device)
-    path = Path(spec)
-    if path.is_dir() and not (path / "model_index.json").exists() and (path / "pipeline").is_dir():
-        path = path / "pipeline"  # a run folder written by `unlearnkit unlearn --out`
-    text = str(spec)
-    if not path.exists() and (text.startswith((".", "/", "~")) or text.count("/") != 1):
-        raise ValueError(f"{role} {text!r} does not exist (from {Path.cwd()}); pass 'base', a diffusers folder, a run "
-                         "folder (unlearnkit unlearn --out), a single-file checkpoint with --config, or a hub id")
-    try:
-        return load_pipeline(path, config=config if path.is_file() else None, device=device)
-    except ValueError as e:
-        raise ValueError(f"{role} {text!r}: {e}") from e
 
 
 def with_lora(base, lora, base_name: str):

@@ -195,10 +195,12 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
         if judge.name == "clip":
             out.clip_score = clip_score(judge.model, new_r, r_prompts)
     if on == "both" and task.held_out:
-        train = evaluate(base, unlearned, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale, lpips=lpips,
-                         max_retain=max_retain, cache_dir=cache_dir, classifier=classifier, fid=fid, clip=clip,
-                         batch_size=batch_size, progress=progress, forgot_below=forgot_below, on="train",
-                         forget_seeds=forget_seeds)
+        with warnings.catch_warnings():  # the same forget images: this call's own warning below says it once
+            warnings.simplefilter("ignore", DidNotForget)
+            train = evaluate(base, unlearned, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale,
+                             lpips=lpips, max_retain=max_retain, cache_dir=cache_dir, classifier=classifier, fid=fid,
+                             clip=clip, batch_size=batch_size, progress=progress, forgot_below=forgot_below,
+                             on="train", forget_seeds=forget_seeds)
         out.train = {k: train[k] for k in TRAIN_KEYS if k in train}
     out.seconds = time.time() - start
     out.forgot = None if out.forget_rate is None else out.forget_rate <= forgot_below
