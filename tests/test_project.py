@@ -200,3 +200,29 @@ def test_a_kinds_rule_is_picked_over_every_pair():
     by_pair["red"][2]["forget_rate"] = 0.7  # none forgets on both: the lowest worst-pair forget rate, marked
     fallback = tune.pick_rule(by_pair, grid)["ovw"]
     assert fallback["overrides"] == {"lr": 3e-4} and fallback["forgets"] is False
+
+
+def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims_summary", ROOT / "bench" / "claims_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+
+    def result(lpips, rate, agree):
+        check = {"check": 0.02, "check_ci": [0.0, 0.1], "check_images": 50, "eval": rate, "eval_ci": [rate - 0.1, rate + 0.1],
+                 "eval_images": 100, "agree": agree}
+        return {"lpips_ret": lpips, "forget_rate": rate, "check_agreement": check}
+
+    new = {"forget": "cross", "neighbour": "star", "retain": "held-out (train beside)",
+           "results": {"ESD": result(0.25, 0.24, False), "OVW": result(0.02, 0.0, True)},
+           "claims": [{"claim": "(b) help losses keep integrity", "method": "OVW", "holds": True,
+                       "holds_on_training_prompts": False}]}
+    (tmp_path / "claims-cross.json").write_text(json.dumps(new))
+    (tmp_path / "claims-star.json").write_text(json.dumps({"forget": "star", "results": {}, "claims": []}))
+    assert summary.main([str(p) for p in sorted(tmp_path.glob("*.json"))]) == 0
+    out = capsys.readouterr().out
+    assert "| cross / star | 0.250 / **0.24** | 0.020 / 0.00 |" in out
+    assert "| cross / star | — | holds: OVW | — |" in out and "| cross / star | — | fails: OVW | — |" in out
+    assert "1 of 2 (pair, method) runs agree" in out and "| cross | ESD | 0.02 [0.00, 0.10] (50) |" in out
+    assert "Before the held-out split (not counted): claims-star.json" in out

@@ -1,0 +1,84 @@
+"""One table over every pair `bench/claims.py` has written: LPIPS_ret / forget rate per method, each claim on the
+held-out and on the training retain prompts, and where the stopping check and the evaluation disagree on the forget
+rate.
+
+    python bench/claims_summary.py [bench/claims-*.json ...]
+
+Reads only the JSON files (no model runs). A file from before the held-out split (no "retain" field) is listed as
+such and left out of the counts: its numbers were measured on the training prompts alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from unlearnkit.evaluation import FORGOT_BELOW
+
+HERE = Path(__file__).resolve().parent
+
+
+def verdicts(claims: list, key: str) -> dict:
+    """{claim: ("holds: A, B; fails: C")} for one retain part (`key`: 'holds' or 'holds_on_training_prompts')."""
+    by = defaultdict(lambda: {True: [], False: []})
+    for c in claims:
+        if c[key] is not None:
+            by[c["claim"]][bool(c[key])].append(c["method"])
+    return {claim: "; ".join(f"{w}: {', '.join(ms)}" for w, ms in (("holds", v[True]), ("fails", v[False])) if ms)
+            for claim, v in by.items()}
+
+
+def main(argv=None) -> int:
+    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or sorted(HERE.glob("claims-*.json"))
+    data = [(p, json.loads(p.read_text())) for p in paths]
+    old = [p.name for p, d in data if "retain" not in d]
+    data = [(p, d) for p, d in data if "retain" in d]
+    if not data:
+        print("no claims file on the held-out split yet" + (f" (before it: {', '.join(old)})" if old else ""))
+        return 1
+    methods = list(dict.fromkeys(m for _, d in data for m in d["results"]))
+    claim_names = ("(a) neighbour pays most", "(b) help losses keep integrity", "(c) L_help matters")
+    print("LPIPS_ret (held-out retain prompts) / forget rate; bold: did not forget (forget rate > "
+          f"{FORGOT_BELOW}).\n")
+    print("| pair | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods))
+    for _, d in data:
+        cells = []
+        for m in methods:
+            r = d["results"].get(m)
+            if r is None:
+                cells.append("—")
+                continue
+            rate = f"{r['forget_rate']:.2f}"
+            cells.append(f"{r['lpips_ret']:.3f} / " + (f"**{rate}**" if r["forget_rate"] > FORGOT_BELOW else rate))
+        print(f"| {d['forget']} / {d['neighbour']} | " + " | ".join(cells) + " |")
+    for key, part in (("holds", "held-out retain prompts"), ("holds_on_training_prompts", "training retain prompts")):
+        print(f"\nClaims on the {part} (only methods that forgot count):\n")
+        print("| pair | " + " | ".join(claim_names) + " |\n|---|---|---|---|")
+        for _, d in data:
+            v = verdicts(d["claims"], key)
+            print(f"| {d['forget']} / {d['neighbour']} | " + " | ".join(v.get(c, "—") for c in claim_names) + " |")
+    print("\nStopping check vs evaluation, forget rate with Wilson 95% intervals (methods that trained until forgotten):\n")
+    agree = disagree = 0
+    rows = []
+    for _, d in data:
+        for m, r in d["results"].items():
+            a = r.get("check_agreement")
+            if not a:
+                continue
+            agree, disagree = agree + a["agree"], disagree + (not a["agree"])
+            if not a["agree"]:
+                rows.append(f"| {d['forget']} | {m} | {a['check']:.2f} [{a['check_ci'][0]:.2f}, {a['check_ci'][1]:.2f}] "
+                            f"({a['check_images']}) | {a['eval']:.2f} [{a['eval_ci'][0]:.2f}, {a['eval_ci'][1]:.2f}] "
+                            f"({a['eval_images']}) |")
+    print(f"{agree} of {agree + disagree} (pair, method) runs agree (intervals overlap); the ones that do not:\n")
+    print("| forget | method | check (images) | evaluation (images) |\n|---|---|---|---|")
+    print("\n".join(rows) if rows else "| — | — | — | — |")
+    if old:
+        print(f"\nBefore the held-out split (not counted): {', '.join(old)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
