@@ -119,3 +119,33 @@ def test_notebook_sentences_are_written_from_the_numbers():
     run = SimpleNamespace(method="esd-x", config=make_config("esd-x", lr=1e-3, steps=50))  # default lr 3e-4
     assert trained_config(run) == "esd-x trained with steps=50, lr=0.001 (every other field at the method's default)"
     assert trained_config(SimpleNamespace(method="esd-x", config=make_config("esd-x"))) == "esd-x trained with its defaults"
+
+
+def test_what_was_drawn_says_how_often_the_neighbour_is_still_drawn(monkeypatch):
+    from types import SimpleNamespace
+
+    import unlearnkit.data
+    import unlearnkit.evaluation.classifier
+    from unlearnkit import world
+    from unlearnkit.app.notebook import what_was_drawn
+
+    task = world.task(forget="triangle", neighbour="square").head(2, 8)
+
+    def images(pipe, prompts, seeds, *args, **kw):  # stand-in samples: (the model, its prompt)
+        return list(zip([pipe] * len(prompts), prompts))
+
+    def predict(imgs):  # base draws what it is told; "A" draws circles everywhere; "B" only in place of triangle
+        return [{"object": "circle" if m == "A" or (m == "B" and "triangle" in p) else
+                 ("square" if "square" in p else "triangle")} for m, p in imgs]
+
+    monkeypatch.setattr(unlearnkit.data, "cached_sample_pairs", images)
+    monkeypatch.setattr(unlearnkit.evaluation.classifier, "load_classifier", lambda: SimpleNamespace(predict=predict))
+    near = {"lpips_neighbour": 0.1, "lpips_neighbour_ci": (0.05, 0.15), "lpips_rest": 0.1, "lpips_rest_ci": (0.08, 0.12)}
+    results = {"base": {"forget_rate": 1.0}, "A": {"forget_rate": 0.0, **near}, "B": {"forget_rate": 0.0, **near}}
+    prof = SimpleNamespace(forget_seeds=(0, 1), eval_seeds=(0,), sample_steps=2, guidance_scale=2.0)
+    text = what_was_drawn({"base": "base", "A": "A", "B": "B"}, results, task, prof)
+    assert "| base | triangle 100% | 100% |" in text and "| A | circle 100% | 0% |" in text
+    lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert "its *square* prompts show square in 0% of images (base 100%)" in lines["A"]
+    assert "loses more than half of its images" in lines["A"] and "loses" not in lines["B"]
+    assert "square in 100% of images (base 100%); neighbour and rest pay alike" in lines["B"]
