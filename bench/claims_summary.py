@@ -10,6 +10,7 @@ such and left out of the counts: its numbers were measured on the training promp
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -30,9 +31,35 @@ def verdicts(claims: list, key: str) -> dict:
             for claim, v in by.items()}
 
 
+def read(ap: argparse.ArgumentParser, path: Path) -> dict:
+    """One claims file, or one error naming it and what to do."""
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        ap.error(f"{path}: no such file; pass files bench/claims.py wrote (bench/claims-WORD.json)")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        ap.error(f"{path}: not a claims file bench/claims.py wrote ({e.__class__.__name__}: {e})")
+    if not isinstance(d, dict) or not {"forget", "results", "claims"} <= set(d):
+        ap.error(f"{path}: not a claims file bench/claims.py wrote (it needs 'forget', 'results' and 'claims')")
+    return d
+
+
+def tally(data: list, key: str) -> dict:
+    """{(claim, method): (pairs where it holds, pairs where it was judged)} for one retain part."""
+    out = defaultdict(lambda: [0, 0])
+    for _, d in data:
+        for c in d["claims"]:
+            if c.get(key) is not None and not c["claim"].startswith("forgets"):
+                out[c["claim"], c["method"]][0] += bool(c[key])
+                out[c["claim"], c["method"]][1] += 1
+    return out
+
+
 def main(argv=None) -> int:
-    paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])] or sorted(HERE.glob("claims-*.json"))
-    data = [(p, json.loads(p.read_text())) for p in paths]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("files", nargs="*", type=Path, help="claims files (default: every bench/claims-*.json)")
+    paths = ap.parse_args(argv).files or sorted(HERE.glob("claims-*.json"))
+    data = [(p, read(ap, p)) for p in paths]
     old = [p.name for p, d in data if "retain" not in d]
     data = [(p, d) for p, d in data if "retain" in d]
     if not data:
@@ -59,6 +86,14 @@ def main(argv=None) -> int:
         for _, d in data:
             v = verdicts(d["claims"], key)
             print(f"| {d['forget']} / {d['neighbour']} | " + " | ".join(v.get(c, "—") for c in claim_names) + " |")
+    held, train = tally(data, "holds"), tally(data, "holds_on_training_prompts")
+    print(f"\nHow often each claim holds, over the {len(data)} pairs (pairs where the method forgot and the claim "
+          "was judged):\n")
+    print("| claim | method | held-out prompts | training prompts |\n|---|---|---|---|")
+    for (claim, m), (n, of) in sorted(held.items(), key=lambda kv: (kv[0][0], methods.index(kv[0][1])
+                                                                     if kv[0][1] in methods else len(methods))):
+        tn, tof = train.get((claim, m), (0, 0))
+        print(f"| {claim} | {m} | {n} of {of} | {tn} of {tof} |")
     print("\nStopping check vs evaluation, forget rate with Wilson 95% intervals (methods that trained until forgotten):\n")
     agree = disagree = 0
     rows = []

@@ -226,3 +226,8 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
     assert "| cross / star | — | holds: OVW | — |" in out and "| cross / star | — | fails: OVW | — |" in out
     assert "1 of 2 (pair, method) runs agree" in out and "| cross | ESD | 0.02 [0.00, 0.10] (50) |" in out
     assert "Before the held-out split (not counted): claims-star.json" in out
+    assert "| (b) help losses keep integrity | OVW | 1 of 1 | 0 of 1 |" in out  # held-out vs training prompts
+    for bad, says in ((tmp_path / "missing.json", "no such file"), (ROOT / "README.md", "not a claims file")):
+        with pytest.raises(SystemExit) as e:
+            summary.main([str(bad)])
+        assert e.value.code == 2 and f"{bad}: {says}" in capsys.readouterr().err
