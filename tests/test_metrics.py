@@ -239,3 +239,21 @@ def test_forget_seeds_size_the_forget_rate_and_rates_get_wilson_intervals(tiny_p
     assert rate == 0 and lo == 0 and hi == pytest.approx(0.1135, abs=1e-3)
     rate, (lo, hi) = rate_ci([True] * 3 + [False] * 7)
     assert lo < rate < hi and (lo, hi) == pytest.approx((0.1078, 0.6032), abs=1e-3)
+
+
+def test_seed_bootstrap_resamples_seeds_not_images():
+    from unlearnkit.evaluation import rate_ci, seed_bootstrap_ci
+
+    # two seeds, 30 prompts each: one seed forgets every image, the other none. Wilson over the 60 images is narrow;
+    # resampling the two seeds spans both extremes, since a seed's images share their initial noise
+    split = [[False] * 30, [True] * 30]
+    _, (wlo, whi) = rate_ci(split[0] + split[1])
+    lo, hi = seed_bootstrap_ci(split)
+    assert whi - wlo < 0.26 and (lo, hi) == (0.0, 1.0)
+    # seeds that agree: the interval over seeds is no wider than needed (here every seed 3 of 10: a point)
+    assert seed_bootstrap_ci([[True] * 3 + [False] * 7] * 4) == pytest.approx((0.3, 0.3))
+    lo, hi = seed_bootstrap_ci([[True] * k + [False] * (30 - k) for k in (0, 2, 9, 8, 8, 10)])
+    assert 0 < lo < 37 / 180 < hi < 0.34
+    with pytest.raises(ValueError, match="at least one seed"):
+        seed_bootstrap_ci([[True], []])
+

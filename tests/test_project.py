@@ -231,3 +231,16 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
         with pytest.raises(SystemExit) as e:
             summary.main([str(bad)])
         assert e.value.code == 2 and f"{bad}: {says}" in capsys.readouterr().err
+
+
+def test_forget_seeds_bench_reads_seed_ranges():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("forget_seeds", ROOT / "bench" / "forget_seeds.py")
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    assert fs.parse_seeds("0-3,1000,1002-1003,2") == [0, 1, 2, 3, 1000, 1002, 1003]
+    with pytest.raises(ValueError, match="'3-1' is not a seed"):
+        fs.parse_seeds("3-1")
+    r = fs.summarise({0: [False] * 30, 1: [True] * 3 + [False] * 27}, [0, 1])
+    assert r["rate"] == 0.05 and r["images"] == 60 and r["seed_bootstrap"][0] == 0.0

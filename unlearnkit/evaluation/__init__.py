@@ -14,12 +14,12 @@ from .fid import classifier_fid, fid_ci, frechet_distance
 from .judges import FORGOT_BELOW, DidNotForget, classifier_judges, did_not_forget, forget_hits
 from .lpips import LPIPS_NETS, LPIPS_SIZE, LPIPSDistance
 from .sequence import unlearn_sequence
-from .stats import bootstrap_ci, format_ci, rate_ci, wilson_ci
+from .stats import bootstrap_ci, format_ci, rate_ci, seed_bootstrap_ci, wilson_ci
 from .stopping import CHECK_BELOW, CHECK_SEEDS, UntilForgotten, until_forgotten
 from .suite import Evaluation, evaluate
 from .tables import results_table
 
 __all__ = ["attack", "load_classifier", "clip_score", "clip_zero_shot", "load_clip", "classifier_fid", "fid_ci",
            "frechet_distance", "FORGOT_BELOW", "DidNotForget", "classifier_judges", "did_not_forget", "forget_hits", "LPIPS_NETS",
-           "LPIPS_SIZE", "LPIPSDistance", "unlearn_sequence", "bootstrap_ci", "format_ci", "rate_ci", "wilson_ci", "CHECK_BELOW",
+           "LPIPS_SIZE", "LPIPSDistance", "unlearn_sequence", "bootstrap_ci", "format_ci", "rate_ci", "seed_bootstrap_ci", "wilson_ci", "CHECK_BELOW",
            "CHECK_SEEDS", "UntilForgotten", "until_forgotten", "Evaluation", "evaluate", "results_table"]

@@ -1,4 +1,5 @@
-"""Intervals: the percentile bootstrap of a mean, a rate with its Wilson interval, and how every table prints them."""
+"""Intervals: the percentile bootstrap of a mean, a rate with its Wilson interval, a rate resampled by seed, and how
+every table prints them."""
 
 from __future__ import annotations
 
@@ -38,3 +39,23 @@ def rate_ci(hits, z: float = 1.96) -> tuple[float, tuple[float, float]]:
     if not hits:
         raise ValueError("rate_ci needs at least one judged image")
     return sum(hits) / len(hits), wilson_ci(sum(hits), len(hits), z)
+
+
+def seed_bootstrap_ci(hits_per_seed, n: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of a rate whose images come in seed groups, resampling the *seeds*.
+
+    `hits_per_seed`: one list of booleans per seed (that seed's image of each prompt). Every prompt's image at a seed
+    starts from the same initial noise (`sampling.initial_noise`), so a seed's images rise and fall together and the
+    unit of independent evidence is the seed, not the image: Wilson's interval over all images (`rate_ci`) is too
+    narrow when seeds differ. With S seeds this interval can be no narrower than the spread of S seed rates allows
+    (one seed: the interval is that seed's rate, a point; judge nothing on it)."""
+    groups = [[bool(h) for h in hs] for hs in hits_per_seed]
+    if not groups or any(not hs for hs in groups):
+        raise ValueError("seed_bootstrap_ci needs at least one seed, each with at least one judged image")
+    k = torch.tensor([sum(hs) for hs in groups], dtype=torch.float64)
+    m = torch.tensor([len(hs) for hs in groups], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(groups), (n, len(groups)), generator=g)
+    rates = k[idx].sum(1) / m[idx].sum(1)
+    lo, hi = torch.quantile(rates, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return lo, hi
