@@ -47,8 +47,9 @@ def seed_bootstrap_ci(hits_per_seed, n: int = 10000, seed: int = 0, level: float
     `hits_per_seed`: one list of booleans per seed (that seed's image of each prompt). Every prompt's image at a seed
     starts from the same initial noise (`sampling.initial_noise`), so a seed's images rise and fall together and the
     unit of independent evidence is the seed, not the image: Wilson's interval over all images (`rate_ci`) is too
-    narrow when seeds differ. With S seeds this interval can be no narrower than the spread of S seed rates allows
-    (one seed: the interval is that seed's rate, a point; judge nothing on it)."""
+    narrow when seeds differ. With few seeds the bootstrap understates the spread too (two seeds that happen to agree
+    give a narrow interval; one seed, a point): read it beside the number of seeds. OVW on *red*, cpu profile: seed
+    rates from 0 to 12 of 30 (`bench/forget-seeds-red-ovw.json`), so 2 or 4 seeds decide nothing near 0.2."""
     groups = [[bool(h) for h in hs] for hs in hits_per_seed]
     if not groups or any(not hs for hs in groups):
         raise ValueError("seed_bootstrap_ci needs at least one seed, each with at least one judged image")
