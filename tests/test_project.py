@@ -169,6 +169,8 @@ def test_claims_are_judged_from_the_numbers():
     assert verdict[("(b) help losses keep integrity", "OVW")] is True  # below ESD and SA (SalUn did not forget)
     assert verdict[("(b) help losses keep integrity", "Saddle")] is False  # 0.035 is above SA's 0.03
     assert verdict[("(c) L_help matters", "OVW")] is True
+    unforgotten = claims.claims({"OVW": r(0.01, 0.008, 0.012), "OVW w/o L_help": r(0.1, 0.09, 0.11, forget=0.5)})
+    assert [(h, n.endswith("did not forget)")) for c, _, h, n in unforgotten if c.startswith("(c)")] == [(None, True)]
     results = {"ESD": r(0.05, 0.04, 0.06), "OVW": r(0.01, 0.008, 0.012), "OVW w/o L_help": r(0.1, 0.09, 0.11)}
     for m, x in results.items():  # on the training prompts OVW sits above ESD: (b) holds held out only
         x["train"] = {"lpips_ret": 0.07 if m == "OVW" else x["lpips_ret"], "lpips_ret_ci": (0.06, 0.08) if m == "OVW"
