@@ -1,6 +1,6 @@
 """One table over every pair `bench/claims.py` has written: LPIPS_ret / forget rate per method, each claim on the
 held-out and on the training retain prompts, and where the stopping check and the evaluation disagree on the forget
-rate.
+rate; the runs that forgot only by breaking the model (retain accuracy at most BROKEN_AT).
 
     python bench/claims_summary.py [bench/claims-*.json ...]
 
@@ -19,6 +19,9 @@ from pathlib import Path
 from unlearnkit.evaluation import FORGOT_BELOW
 
 HERE = Path(__file__).resolve().parent
+# a run that forgot while the judge reads at most this share of held-out retain images as their prompt forgot by
+# breaking the model: its forget rate is low because nothing is drawn recognisably, not because one concept went
+BROKEN_AT = 0.10
 
 
 def verdicts(claims: list, key: str) -> dict:
@@ -94,6 +97,14 @@ def main(argv=None) -> int:
                                                                      if kv[0][1] in methods else len(methods))):
         tn, tof = train.get((claim, m), (0, 0))
         print(f"| {claim} | {m} | {n} of {of} | {tn} of {tof} |")
+    broken = [(d, m, r) for _, d in data for m, r in d["results"].items()
+              if r.get("retain_accuracy") is not None and r["retain_accuracy"] <= BROKEN_AT
+              and r["forget_rate"] <= FORGOT_BELOW]
+    print(f"\nForgot by breaking the model (forget rate ≤ {FORGOT_BELOW}, retain accuracy ≤ {BROKEN_AT} on the "
+          "held-out retain prompts):\n")
+    print("| pair | method | LPIPS_ret | forget rate | retain accuracy |\n|---|---|---|---|---|")
+    print("\n".join(f"| {d['forget']} / {d['neighbour']} | {m} | {r['lpips_ret']:.3f} | {r['forget_rate']:.2f} | "
+                    f"{r['retain_accuracy']:.2f} |" for d, m, r in broken) if broken else "| — | — | — | — | — |")
     print("\nStopping check vs evaluation, forget rate with Wilson 95% intervals (methods that trained until forgotten):\n")
     agree = disagree = 0
     rows = []

@@ -211,13 +211,14 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)
 
-    def result(lpips, rate, agree):
+    def result(lpips, rate, agree, acc=0.9):
         check = {"check": 0.02, "check_ci": [0.0, 0.1], "check_images": 50, "eval": rate, "eval_ci": [rate - 0.1, rate + 0.1],
                  "eval_images": 100, "agree": agree}
-        return {"lpips_ret": lpips, "forget_rate": rate, "check_agreement": check}
+        return {"lpips_ret": lpips, "forget_rate": rate, "retain_accuracy": acc, "check_agreement": check}
 
     new = {"forget": "cross", "neighbour": "star", "retain": "held-out (train beside)",
-           "results": {"ESD": result(0.25, 0.24, False), "OVW": result(0.02, 0.0, True)},
+           "results": {"ESD": result(0.25, 0.24, False), "OVW": result(0.02, 0.0, True),
+                       "SA": result(0.80, 0.03, True, acc=0.0), "FMN": result(0.70, 0.9, True, acc=0.0)},
            "claims": [{"claim": "(b) help losses keep integrity", "method": "OVW", "holds": True,
                        "holds_on_training_prompts": False}]}
     (tmp_path / "claims-cross.json").write_text(json.dumps(new))
@@ -226,7 +227,8 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
     out = capsys.readouterr().out
     assert "| cross / star | 0.250 / **0.24** | 0.020 / 0.00 |" in out
     assert "| cross / star | — | holds: OVW | — |" in out and "| cross / star | — | fails: OVW | — |" in out
-    assert "1 of 2 (pair, method) runs agree" in out and "| cross | ESD | 0.02 [0.00, 0.10] (50) |" in out
+    assert "| cross / star | SA | 0.800 | 0.03 | 0.00 |" in out and "| cross / star | FMN | 0.700" not in out  # FMN did not forget
+    assert "3 of 4 (pair, method) runs agree" in out and "| cross | ESD | 0.02 [0.00, 0.10] (50) |" in out
     assert "Before the held-out split (not counted): claims-star.json" in out
     assert "| (b) help losses keep integrity | OVW | 1 of 1 | 0 of 1 |" in out  # held-out vs training prompts
     for bad, says in ((tmp_path / "missing.json", "no such file"), (ROOT / "README.md", "not a claims file")):
