@@ -248,3 +248,38 @@ def test_forget_seeds_bench_reads_seed_ranges():
         fs.parse_seeds("3-1")
     r = fs.summarise({0: [False] * 30, 1: [True] * 3 + [False] * 27}, [0, 1])
     assert r["rate"] == 0.05 and r["images"] == 60 and r["seed_bootstrap"][0] == 0.0
+
+
+def test_table_claims_judges_a_written_table_as_the_notebook_does(tmp_path, capsys):
+    import importlib.util
+
+    from unlearnkit.evaluation import results_table
+    from unlearnkit.evaluation.claims import claims
+
+    spec = importlib.util.spec_from_file_location("table_claims", ROOT / "bench" / "table_claims.py")
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+
+    def r(lpips, rate, neighbour, rest, train):
+        ci = lambda v: (round(v * 0.8, 3), round(v * 1.2, 3))  # noqa: E731
+        return {"fid": 10.0, "retain_accuracy": 0.9, "forget_rate": rate, "lpips_ret": lpips, "lpips_ret_ci": ci(lpips),
+                "integrity": 1 - lpips, "lpips_neighbour": neighbour, "lpips_neighbour_ci": ci(neighbour),
+                "lpips_rest": rest, "lpips_rest_ci": ci(rest), "lpips_forget": 0.3, "on": "eval",
+                "train": {"lpips_ret": train, "lpips_ret_ci": ci(train)}}
+
+    results = {"ESD": r(0.300, 0.0, 0.500, 0.200, 0.100), "SA": r(0.010, 0.5, 0.010, 0.010, 0.010),
+               "OVW": r(0.020, 0.0, 0.030, 0.010, 0.200), "OVW w/o L_help": r(0.100, 0.1, 0.100, 0.100, 0.100)}
+    results_table(results, path=tmp_path / "table1_object")
+    parsed = tc.parse(None, tmp_path / "table1_object.md")
+    assert parsed["ESD"]["lpips_neighbour_ci"] == (0.4, 0.6) and parsed["SA"]["forget_rate"] == 0.5
+    rows = {(c, w): (h, t) for c, w, h, t, _ in tc.judged(parsed)}
+    # held out: the same verdicts as the rules on the evaluate dicts themselves
+    assert {(c, w): h for c, w, h, _ in claims(results) if not c.startswith("forgets")} == {k: v[0] for k, v in rows.items()}
+    assert rows["(a) neighbour pays most", "ESD"] == (True, "n/a")  # (a) has no training column in the table
+    assert rows["(b) help losses keep integrity", "OVW"] == (True, False)  # OVW 0.2 on training prompts > ESD's 0.1
+    assert rows["(c) L_help matters", "OVW"] == (True, False)
+    assert tc.main([str(tmp_path / "table1_object.md")]) == 0
+    assert "| (b) help losses keep integrity | OVW | holds | does not hold |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        tc.main([str(ROOT / "pyproject.toml")])
+    assert e.value.code == 2 and "no Markdown table" in capsys.readouterr().err

@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("reproduce", help="run every notebook through papermill and write figures/")
-    sp.add_argument("--profile", default="cpu", help="smoke (seconds), cpu (the embedded reproduction), full (the paper's budget on a CPU; notebook 10: 23 min on 2 cores) or gpu")
+    sp.add_argument("--profile", default="cpu", help="smoke (seconds), cpu (the embedded reproduction), full (the paper's budget on a CPU; notebook 10: over an hour on 2 cores) or gpu")
     sp.add_argument("--out", default="executed", help="folder for the executed notebooks")
     sp.add_argument("--only", default=None, help="comma-separated notebook name prefixes to run, e.g. 00,08; or 'paper' (00-11), 'beyond' (12-14)")
     common(sp)

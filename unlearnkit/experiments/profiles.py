@@ -92,9 +92,10 @@ PROFILES = {
     "cpu": Profile("cpu", method_overrides=dict(data_steps=10, steps=50),
                    method_settings={"sa": dict(fisher_samples=4), "esd-x": dict(sample_steps=10),
                                     "esd-u": dict(sample_steps=10)}, eval_seeds=(0,), sample_steps=10),
-    # the paper's budget on a CPU: 100 steps, two evaluation seeds, every retain prompt. `unlearnkit reproduce
-    # --profile full --only 10` writes figures/table1_full.* (23 min on 2 cores, 2026-11-30), resumable through the
-    # run cache; the other notebooks on it are not timed
+    # the paper's budget on a CPU: 100 steps, two evaluation seeds, every held-out retain prompt, ESD's 50-step x_t
+    # chain. `unlearnkit reproduce --profile full --only 10` writes figures/table1_full.* (2026-12-03, 2 cores: over
+    # an hour for the object task's first seven runs, ESD-x and ESD + L_help 18-19 min each; docs/RESULTS.md),
+    # resumable through the run cache; the other notebooks on it are not timed
     "full": Profile("full", method_overrides=dict(data_steps=10), method_settings={"sa": dict(fisher_samples=8)},
                     eval_seeds=(0, 1), max_retain=None, sample_steps=10),
     "gpu": Profile("gpu", eval_seeds=(0, 1, 2, 3), forget_seeds=tuple(range(8)), max_retain=None, figure_seeds=(0, 1, 2),
