@@ -2,13 +2,16 @@
 of seeds?
 
     python bench/forget_seeds.py --forget red --neighbour yellow --method ovw [--seeds 0-3,1000-1005,...]
+                                 [--noise shared|per-image]
 
 Opens the run `bench/claims.py` trained for the pair (the cached `experiments.run_until_forgotten` rung, so nothing
 trains if claims.py ran first), samples every forget prompt at each seed (the profile's sampler, which the stopping
 check and the evaluation also use) and has the classifier judge each image. Printed per seed: k of n images still show the
 concept. Then, for the stopping check's seeds (`CHECK_SEEDS`), the evaluation's (`forget_seeds`) and all of them: the
 pooled rate with Wilson's interval over images, and `seed_bootstrap_ci`'s interval over seeds. Every prompt's image
-at one seed starts from the same noise, so where seed rates differ the second is the honest one.
+at one seed starts from the same noise (`--noise shared`, the kit's default), so where seed rates differ the second
+is the honest one; with `--noise per-image` (`sampling.image_seed`) each image has its own noise, a seed is only a
+label for a batch of independent draws, and the two intervals should agree.
 Writes JSON (default bench/forget-seeds-WORD-METHOD.json).
 """
 
@@ -27,7 +30,7 @@ from unlearnkit.experiments import profile, run_until_forgotten
 from unlearnkit.io import atomic_write
 from unlearnkit.methods import canonical, make_config
 from unlearnkit.models import load_base
-from unlearnkit.sampling import sample
+from unlearnkit.sampling import NOISE, noise_seeds, sample_pairs
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--method", required=True, help="a trained method (ovw, ovw-nohelp, esd-x, sa, ...)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", default="0-7,1000-1007,2000-2007", help="seeds to sample, e.g. 0-3,1000-1005")
+    ap.add_argument("--noise", default="shared", choices=NOISE, help="the forget images' noise: one per seed "
+                    "(shared, what the kit's check and evaluation use) or one per image")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     try:
@@ -74,14 +79,16 @@ def main(argv=None) -> int:
     classifier = load_classifier()
     per_seed = {}
     print(f"forget {args.forget!r} ({len(task.forget_prompts)} prompts), {name} at lr {run.config.lr:.2g}, "
-          f"{len(run.history)} steps; its checks: {run.forget_checks}\n\n| seed | still shows it |\n|---|---|")
+          f"{len(run.history)} steps; its checks: {run.forget_checks}; noise: {args.noise}\n\n| seed | still shows it |\n|---|---|")
     for s in seeds:
-        images = sample(run.pipeline, task.forget_prompts, seeds=[s], progress=False, **P.sampler)
+        images = sample_pairs(run.pipeline, task.forget_prompts,
+                              noise_seeds(task.forget_prompts, [s] * len(task.forget_prompts), args.noise),
+                              progress=False, **P.sampler)
         per_seed[s] = [bool(h) for h in forget_hits(images, task, classifier=classifier)]
         print(f"| {s} | {sum(per_seed[s])} of {len(per_seed[s])} |", flush=True)
     parts = {"stopping check": [s for s in CHECK_SEEDS if s in per_seed],
              "evaluation": [s for s in P.forget_seeds if s in per_seed], "all": seeds}
-    out = {"forget": args.forget, "neighbour": args.neighbour, "method": name, "profile": P.name,
+    out = {"forget": args.forget, "neighbour": args.neighbour, "method": name, "profile": P.name, "noise": args.noise,
            "lr": run.config.lr, "steps": len(run.history), "checks": run.forget_checks,
            "per_seed": {str(s): sum(h) for s, h in per_seed.items()}, "prompts": len(task.forget_prompts),
            "parts": {label: summarise(per_seed, ss) for label, ss in parts.items() if ss}}
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
         print(f"| {label} ({len(r['seeds'])} seeds, {r['images']} images) | {r['rate']:.2f} | "
               f"{format_ci(r['rate'], r['wilson'], 2).split(' ', 1)[1]} | "
               f"{format_ci(r['rate'], r['seed_bootstrap'], 2).split(' ', 1)[1]} |")
-    path = args.out or HERE / f"forget-seeds-{args.forget}-{name}.json"
+    path = args.out or HERE / f"forget-seeds-{args.forget}-{name}{'' if args.noise == 'shared' else '-' + args.noise}.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=1)))
     print(f"\nwrote {path}")
     return 0

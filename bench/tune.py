@@ -67,14 +67,16 @@ def pick(rows: list[dict]) -> dict:
 
 def pick_rule(by_pair: dict[str, list[dict]], grid: dict) -> dict[str, dict | None]:
     """A kind's rule from the sweeps of several pairs: per method, among its grid configs run on every pair, those
-    that forget on every pair, the lowest mean lpips_ret; where none does, the lowest worst-pair forget rate (as
+    that forget on every pair, the lowest mean lpips_ret (each config's newest row per pair); where none does, the lowest worst-pair forget rate (as
     `pick` falls back), marked "forgets": False. Returns {method: {"overrides", "forgets", "rows": {pair: row}}}
     (None for a method with no config run on every pair)."""
     out = {}
     for m, cfgs in grid.items():
         cands = []
         for cfg in cfgs:
-            rows = {p: next((r for r in rs if r["method"] == m and r["overrides"] == cfg), None) for p, rs in by_pair.items()}
+            # the newest row of that config: a sweep run again (another version of the method) appends its rows
+            rows = {p: next((r for r in reversed(rs) if r["method"] == m and r["overrides"] == cfg), None)
+                    for p, rs in by_pair.items()}
             if all(rows.values()):
                 cands.append({"overrides": cfg, "rows": rows,
                               "forgets": all(r["forget_rate"] <= FORGOT_BELOW for r in rows.values())})

@@ -257,3 +257,43 @@ def test_seed_bootstrap_resamples_seeds_not_images():
     with pytest.raises(ValueError, match="at least one seed"):
         seed_bootstrap_ci([[True], []])
 
+
+
+def test_forget_images_get_their_own_noise_when_asked(tiny_pipe, object_task, lpips):
+    from unlearnkit.data import cached_sample_pairs
+    from unlearnkit.sampling import image_seed, noise_seeds
+
+    prompts = object_task.forget_prompts
+    # per image: the same (prompt, seed) always the same seed; two prompts at one seed, or one prompt at two, differ;
+    # never one of the small seeds the kit passes (training data, checks, evaluation)
+    assert image_seed(prompts[0], 3) == image_seed(prompts[0], 3)
+    seeds = noise_seeds([prompts[0], prompts[1], prompts[0]], [3, 3, 4], "per-image")
+    assert len(set(seeds)) == 3 and min(seeds) >= 2**32
+    assert noise_seeds(prompts[:2], [3, 3]) == [3, 3]  # shared: the seed itself
+    with pytest.raises(ValueError, match="noise='each'"):
+        noise_seeds(prompts[:1], [0], "each")
+    with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
+        noise_seeds(prompts[:2], [0])
+
+    kw = dict(lpips=lpips, seeds=[0], forget_seeds=[5, 6], steps=2, fid=False)
+    shared = uk.evaluate(tiny_pipe, tiny_pipe, object_task, **kw)
+    own = uk.evaluate(tiny_pipe, tiny_pipe, object_task, forget_noise="per-image", **kw)
+    assert shared["forget_noise"] == "shared" and own["forget_noise"] == "per-image"
+    assert own["n_forget"] == shared["n_forget"] == 2 * len(prompts) and own["forget_seeds"] == [5, 6]
+    # the images it judged are those of the per-image seeds (read back from the sample cache), not the shared ones
+    f_prompts = [p for p in prompts for _ in (5, 6)]
+    a = cached_sample_pairs(tiny_pipe, f_prompts, [5, 6] * len(prompts), 2, 2.0)
+    b = cached_sample_pairs(tiny_pipe, f_prompts, noise_seeds(f_prompts, [5, 6] * len(prompts), "per-image"), 2, 2.0)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="forget_noise='one'"):
+        uk.evaluate(tiny_pipe, tiny_pipe, object_task, forget_noise="one", **kw)
+
+
+def test_a_profile_says_its_forget_noise_only_where_it_is_not_shared():
+    from dataclasses import replace
+
+    from unlearnkit.experiments import profile
+
+    P = profile("cpu")
+    assert "forget_noise" not in P.evaluation  # the tuning rows' settings of every earlier sweep stay comparable
+    assert replace(P, forget_noise="per-image").evaluation["forget_noise"] == "per-image"

@@ -202,6 +202,8 @@ def test_a_kinds_rule_is_picked_over_every_pair():
     by_pair["red"][2]["forget_rate"] = 0.7  # none forgets on both: the lowest worst-pair forget rate, marked
     fallback = tune.pick_rule(by_pair, grid)["ovw"]
     assert fallback["overrides"] == {"lr": 3e-4} and fallback["forgets"] is False
+    by_pair["red"].append(row({"lr": 1e-3}, 0.0, 0.030))  # the sweep run again: its newest row counts
+    assert tune.pick_rule(by_pair, grid)["ovw"]["overrides"] == {"lr": 1e-3}
 
 
 def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_path, capsys):

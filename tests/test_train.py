@@ -350,3 +350,26 @@ def test_first_step_by_hand_for_ga(tiny_pipe, object_task):
     assert "equal" in same_loss(s, by_hand)
     with pytest.raises(AssertionError, match="differ"):
         same_loss(s, by_hand * 1.01)
+
+
+def test_until_forgotten_can_check_on_images_with_their_own_noise(tiny_pipe, object_task, monkeypatch):
+    from unlearnkit.evaluation import stopping
+
+    shared, own = uk.until_forgotten(2), uk.until_forgotten(2, noise="per-image")
+    assert "noise" not in shared.key() and own.key()["noise"] == "per-image"  # runs from before keep their keys
+    with pytest.raises(ValueError, match="noise must be one of shared, per-image"):
+        uk.until_forgotten(2, noise="own")
+    asked = []
+    real = stopping.sample_pairs
+
+    def spy(pipe, prompts, seeds, **kw):
+        asked.append(list(seeds))
+        return real(pipe, prompts, seeds, **kw)
+
+    monkeypatch.setattr(stopping, "sample_pairs", spy)
+    cfg = make_config("esd-x", data_steps=2)
+    for rule in (shared, own):
+        log, _ = rule(tiny_pipe, object_task, cfg)
+        assert 0.0 <= log["forget_check"] <= 1.0
+    n = len(object_task.forget_prompts)
+    assert asked[0] == [1000, 1001] * n and len(set(asked[1])) == 2 * n and min(asked[1]) >= 2**32

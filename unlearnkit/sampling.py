@@ -26,6 +26,36 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed)))
 
 
+# how the images of one seed get their noise: 'shared' — every prompt at seed s starts from `initial_noise(s)` (the
+# retention metric's pairs, and the forget images unless asked); 'per-image' — each (prompt, seed) its own noise
+# (`image_seed`), so the images of a forget-rate sample are independent draws and a Wilson interval over images is
+# honest. With shared noise the images of one seed rise and fall together (OVW on *red*: 0 to 12 of 30 per seed,
+# docs/RESULTS.md, "Why the stopping check and the evaluation disagree"), so the sample is one of seeds, not images.
+NOISE = ("shared", "per-image")
+_IMAGE_SEED0 = 2**32  # above every seed the kit passes as an int (training data, checks, evaluation)
+
+
+def image_seed(prompt: str, seed: int) -> int:
+    """The noise seed of (prompt, seed) under `noise='per-image'`: 2**32 plus the first 32 bits of SHA-256 of the
+    seed and the prompt. The same pair always gets the same noise (the base's image and the edited model's are still
+    a pair); two prompts at one seed get different noise; and it never equals a seed below 2**32."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{int(seed)}\0{prompt}".encode()).digest()
+    return _IMAGE_SEED0 + int.from_bytes(digest[:4], "big")
+
+
+def noise_seeds(prompts: Sequence[str], seeds: Sequence[int], noise: str = "shared") -> list[int]:
+    """The noise seed of each (prompts[i], seeds[i]) pair: `seeds` itself under 'shared', `image_seed` under
+    'per-image' (`NOISE`)."""
+    if noise not in NOISE:
+        raise ValueError(f"noise={noise!r}: choose 'shared' (every prompt at a seed starts from that seed's noise) or "
+                         "'per-image' (each prompt and seed its own noise)")
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+    return [int(s) for s in seeds] if noise == "shared" else [image_seed(p, s) for p, s in zip(prompts, seeds)]
+
+
 def _check(prompts, seeds, steps, guidance_scale):
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not one string; wrap it: [prompt]")

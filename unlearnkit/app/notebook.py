@@ -179,6 +179,7 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
 
     from ..data import cached_sample_pairs
     from ..evaluation import FORGOT_BELOW
+    from ..sampling import noise_seeds
     from ..evaluation.claims import who_pays_more
     from ..evaluation.classifier import load_classifier
 
@@ -186,7 +187,7 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
     clf = load_classifier()
     forget_seeds = list(prof.forget_seeds)
     f_prompts = [p for p in task.forget_prompts for _ in forget_seeds]
-    f_seeds = forget_seeds * len(task.forget_prompts)
+    f_seeds = noise_seeds(f_prompts, forget_seeds * len(task.forget_prompts), prof.forget_noise)  # evaluate's images
     n_prompts = [task.swap(p, task.neighbour_concept) for p in task.forget_prompts] if task.neighbour_concept else []
     rows, notes, kept_share = [], [], {}
     for name, pipe in pipes.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..sampling import sample
+from ..sampling import NOISE, noise_seeds, sample_pairs
 from .judges import classifier_judges, forget_hits
 
 # the seeds of `until_forgotten`'s check: held out from the training data (seeds 0 .. data_seeds-1) and from every
@@ -31,6 +31,7 @@ class UntilForgotten:
     below: float | None = None  # None: CHECK_BELOW
     seeds: tuple = CHECK_SEEDS
     classifier: object = None  # the concept classifier (default: the shipped one, loaded at the first check)
+    noise: str = "shared"  # the check images' noise (`sampling.NOISE`): one per seed, or one per image
 
     def __post_init__(self):
         if not isinstance(self.every, int) or self.every <= 0:
@@ -38,13 +39,16 @@ class UntilForgotten:
         if self.below is not None and not 0 <= self.below < 1:
             raise ValueError(f"until_forgotten's bound must be in [0, 1), got {self.below}")
         self.seeds = tuple(int(s) for s in self.seeds)
+        if self.noise not in NOISE:
+            raise ValueError(f"until_forgotten's noise must be one of {', '.join(NOISE)}, got {self.noise!r}")
 
     @property
     def bound(self) -> float:
         return CHECK_BELOW if self.below is None else self.below
 
     def key(self) -> dict:
-        return {"rule": "until_forgotten", "every": self.every, "below": self.bound, "seeds": list(self.seeds)}
+        key = {"rule": "until_forgotten", "every": self.every, "below": self.bound, "seeds": list(self.seeds)}
+        return key if self.noise == "shared" else {**key, "noise": self.noise}  # runs from before keep their keys
 
     def validate(self, task) -> None:
         if not classifier_judges(task):
@@ -57,13 +61,15 @@ class UntilForgotten:
             from .classifier import load_classifier
 
             self.classifier = load_classifier()
-        images = sample(pipe, task.forget_prompts, seeds=self.seeds, steps=config.data_steps,
-                        guidance_scale=config.data_guidance, progress=False)
+        prompts = [p for p in task.forget_prompts for _ in self.seeds]
+        seeds = noise_seeds(prompts, list(self.seeds) * len(task.forget_prompts), self.noise)
+        images = sample_pairs(pipe, prompts, seeds, steps=config.data_steps, guidance_scale=config.data_guidance,
+                              progress=False)
         hits = forget_hits(images, task, classifier=self.classifier)
         rate = sum(hits) / len(hits)
         return {"forget_check": rate}, rate <= self.bound
 
 
-def until_forgotten(every: int, below: float | None = None, seeds=CHECK_SEEDS) -> UntilForgotten:
+def until_forgotten(every: int, below: float | None = None, seeds=CHECK_SEEDS, noise: str = "shared") -> UntilForgotten:
     """The stopping rule 'train until forgotten', checked every `every` steps (`UntilForgotten`)."""
-    return UntilForgotten(every, below, seeds)
+    return UntilForgotten(every, below, seeds, noise=noise)

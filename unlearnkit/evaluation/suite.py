@@ -15,7 +15,7 @@ import torch
 
 from .. import world
 from ..data import cached_sample_pairs, pipeline_fingerprint
-from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, NOISE, noise_seeds
 from .clip import clip_score
 from .fid import classifier_fid, fid_ci
 from .judges import DidNotForget, FORGOT_BELOW, did_not_forget, judge_for
@@ -62,6 +62,7 @@ class Evaluation:
     clip_score: float | None = None  # CLIPScore of the retain images (with clip=)
     on: str = "eval"  # which retain prompts: 'eval' (held out from training), 'train', or 'all' (a task without split)
     forget_seeds: list | None = None  # the seeds of the forget images (forget rate, LPIPS_forget)
+    forget_noise: str = "shared"  # how they got their noise (`sampling.NOISE`): one per seed, or one per image
     train: dict | None = None  # with on='both': LPIPS_ret, I, per concept, neighbour/rest, accuracy on the training part
     extra: dict = field(default_factory=dict)  # what a caller adds (`ev["train_seconds"] = ...`)
 
@@ -117,7 +118,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
              max_retain: int | None = None, cache_dir=None, classifier=None, fid: bool = True,
              lpips: LPIPSDistance | None = None, clip=None, batch_size: int | None = None,
              progress: bool | None = None, forgot_below: float = FORGOT_BELOW, on: str = "eval",
-             forget_seeds=None, name: str | None = None) -> Evaluation:
+             forget_seeds=None, name: str | None = None, forget_noise: str = "shared") -> Evaluation:
     """Retention (LPIPS_ret, I), forgetting and accuracy of `unlearned` against `base` on `task`: an `Evaluation`.
 
     LPIPS_ret and I with their interval, per concept (neighbour first), on the neighbour's pairs and the rest; the
@@ -129,7 +130,10 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     retain measurements on the training part in `.train`). A task without a split reads all its retain prompts
     (`.on` says 'all'). `max_retain` evaluates the first N prompts of that part (neighbour prompts come first).
     `forget_seeds` (default: `seeds`): the seeds of the forget images, the forget rate's sample; more seeds, a
-    narrower interval (a Wilson interval, `stats.rate_ci`). `forgot` is True when forget_rate <= `forgot_below`
+    narrower interval (a Wilson interval, `stats.rate_ci`). `forget_noise`: 'shared' (every forget prompt at a seed
+    starts from that seed's noise, as the retain pairs do) or 'per-image' (`sampling.image_seed`: each forget image its
+    own noise, the same for both models); only with 'per-image' are the images independent, so that the Wilson
+    interval over images holds. `forgot` is True when forget_rate <= `forgot_below`
     (else a `DidNotForget` warning, opened by `name` — the method or run — says so: integrity means little where
     nothing was forgotten; never for the base against itself).
     """
@@ -139,6 +143,9 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     forget_seeds = seeds if forget_seeds is None else [int(s) for s in forget_seeds]
     if not forget_seeds:
         raise ValueError("forget_seeds is empty; give at least one seed, or None for the retain seeds")
+    if forget_noise not in NOISE:
+        raise ValueError(f"forget_noise={forget_noise!r}: choose 'shared' (one noise per seed, every forget prompt "
+                         "starting from it) or 'per-image' (each forget image its own noise)")
     if on not in ON:
         raise ValueError(f"on={on!r}: choose 'eval' (the held-out retain prompts), 'train' (the training ones) or "
                          "'both'")
@@ -148,6 +155,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     retain_prompts = part[:max_retain] if max_retain else part
     r_prompts, r_seeds = _pairs(retain_prompts, seeds)
     f_prompts, f_seeds = _pairs(task.forget_prompts, forget_seeds)
+    f_seeds = noise_seeds(f_prompts, f_seeds, forget_noise)
     base_fp = pipeline_fingerprint(base)
     same = pipeline_fingerprint(unlearned) == base_fp
 
@@ -172,7 +180,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
                      retain_pairs=pairs, per_concept={k: sum(v) / len(v) for k, v in per.items()},
                      n_retain=len(r_prompts), n_forget=len(f_prompts), seeds=seeds, steps=steps,
                      guidance_scale=guidance_scale, on=("train" if on == "train" else "eval") if task.held_out else "all",
-                     forget_seeds=forget_seeds)
+                     forget_seeds=forget_seeds, forget_noise=forget_noise)
     # the paper's claim (a): the neighbour concept pays most. LPIPS_ret on its prompts and on the rest, with intervals
     near = torch.tensor([p["concept"] == task.neighbour_concept for p in pairs])
     if task.neighbour_concept and near.any() and not near.all():
@@ -200,7 +208,7 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
             train = evaluate(base, unlearned, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale,
                              lpips=lpips, max_retain=max_retain, cache_dir=cache_dir, classifier=classifier, fid=fid,
                              clip=clip, batch_size=batch_size, progress=progress, forgot_below=forgot_below,
-                             on="train", forget_seeds=forget_seeds)
+                             on="train", forget_seeds=forget_seeds, forget_noise=forget_noise)
         out.train = {k: train[k] for k in TRAIN_KEYS if k in train}
     out.seconds = time.time() - start
     out.forgot = None if out.forget_rate is None else out.forget_rate <= forgot_below

@@ -19,6 +19,9 @@ class Profile:
     # seeds of the forget images (the forget rate's sample): more than the retention metric's, so the rate's interval
     # is narrow enough to decide forgot / not forgot; none of them is a training (DATA_SEED0 + ...) or check seed
     forget_seeds: tuple = (0, 1, 2, 3)
+    # how the forget images get their noise (`sampling.NOISE`): 'shared' (one per seed) keeps every committed number;
+    # 'per-image' makes them independent draws (docs/RESULTS.md, "Forget images with their own noise")
+    forget_noise: str = "shared"
     max_retain: int | None = 40  # retain prompts evaluated (neighbour concept first)
     max_forget: int | None = None  # forget prompts kept in the task (None: all)
     sample_steps: int = 20  # DDIM steps when evaluating
@@ -67,9 +70,13 @@ class Profile:
 
     @property
     def evaluation(self) -> dict:
-        """`evaluate`'s settings under this profile: seeds, forget seeds, max_retain and the sampler."""
-        return {"seeds": list(self.eval_seeds), "forget_seeds": list(self.forget_seeds), "max_retain": self.max_retain,
-                **self.sampler}
+        """`evaluate`'s settings under this profile: seeds, forget seeds (and their noise, where not 'shared'),
+        max_retain and the sampler."""
+        out = {"seeds": list(self.eval_seeds), "forget_seeds": list(self.forget_seeds), "max_retain": self.max_retain,
+               **self.sampler}
+        if self.forget_noise != "shared":  # said only when it differs: the tuning rows' settings stay comparable
+            out["forget_noise"] = self.forget_noise
+        return out
 
 
 # the authors' costly parts, sized per profile (docs/RESULTS.md, "Cost"): SA's Fisher sums 1000 timesteps per replay
