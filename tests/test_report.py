@@ -167,6 +167,13 @@ def test_the_cli_writes_the_page_the_numbers_and_the_figures(models, tmp_path, c
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main([*inputs, "--out", str(tmp_path / "mine"), "--overwrite"]) == 2
     assert "not an earlier report" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
+    # each forget image its own noise: said in the JSON and on the page; the same retain numbers
+    assert main([*inputs, "--out", str(tmp_path / "own"), "--forget-noise", "per-image", "--json"]) == 0
+    capsys.readouterr()
+    own = json.loads((tmp_path / "own" / "report.json").read_text())
+    assert own["settings"]["forget_noise"] == "per-image" and data["settings"]["forget_noise"] == "shared"
+    assert own["lpips_ret"] == data["lpips_ret"] and own["forget_rate"]["images"] == 4
+    assert "each forget image its own noise" in (tmp_path / "own" / "report.md").read_text()
 
 
 def test_a_kohya_lora_on_a_tiny_sd_reports_as_its_run_does(models, tmp_path, capsys):

@@ -185,7 +185,8 @@ def cmd_evaluate(args):
         result = evaluate(base, unlearned, _task(args), seeds=_seeds(args.seeds), steps=args.steps,
                           guidance_scale=args.guidance, lpips_net=args.lpips_net, max_retain=args.max_retain,
                           progress=not args.json, on=args.on,
-                          forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None, name=args.model)
+                          forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None, name=args.model,
+                          forget_noise=args.forget_noise)
     for w in caught:
         if issubclass(w.category, DidNotForget):
             print(f"unlearnkit evaluate: warning: {w.message}", file=sys.stderr)
@@ -205,7 +206,8 @@ def cmd_report(args):
                    neighbour=args.neighbour, lora=args.lora, config=args.config, seeds=_seeds(args.seeds),
                    steps=args.steps, guidance_scale=args.guidance, on=args.on, clip=args.clip,
                    lpips_net=args.lpips_net, worst=args.worst, overwrite=args.overwrite, device=args.device,
-                   progress=not args.json, forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None)
+                   progress=not args.json, forget_seeds=_seeds(args.forget_seeds) if args.forget_seeds else None,
+                   forget_noise=args.forget_noise)
     for w in r["warnings"]:
         print(f"unlearnkit report: warning: {w}", file=sys.stderr)
     measured = lambda key: r[key].get("value")  # noqa: E731  (None: not measured, report.md says why)
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--forget-seeds", default=None,
                     help="comma-separated seeds of the forget images (default: --seeds); more seeds, a narrower "
                          "forget-rate interval")
+    sp.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
+                    help="the forget images' noise: one per seed, every forget prompt starting from it (shared, the "
+                         "default), or one per image (per-image: independent images, an honest forget-rate interval)")
     config_arg(sp)
     task_args(sp)
     common(sp)
@@ -379,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     sp.add_argument("--forget-seeds", default=None, help="the forget images' seeds (default: --seeds); more, a "
                                                           "narrower forget-rate interval")
+    sp.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
+                    help="the forget images' noise: one per seed, every forget prompt starting from it (shared, the "
+                         "default), or one per image (per-image: independent images, an honest forget-rate interval)")
     sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale (default 2.0, the embedded model's)")
     sp.add_argument("--on", default="eval", choices=["eval", "train"], help="on the embedded world's built-in task: "

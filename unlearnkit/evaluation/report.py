@@ -21,7 +21,7 @@ from ..data import cached_sample_pairs, pipeline_fingerprint
 from ..io import atomic_folder, refuse_to_destroy
 from ..models import open_model
 from ..prompt_files import SHIPPED, read_prompts, prompt_task
-from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, noise_seeds
 from .lpips import LPIPS_SIZE, LPIPSDistance
 from .report_page import forget_figure_rows, numbers, page, pairs_figure
 from .suite import evaluate
@@ -37,7 +37,7 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
            lora=None, config=None, seeds=(0, 1), steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
            on: str = "eval", clip=None, lpips_net: str = "stlpips", lpips_size: int = LPIPS_SIZE, worst: int = WORST,
            overwrite: bool = False, device="auto", cache_dir=None, progress: bool | None = None,
-           forget_seeds=None) -> dict:
+           forget_seeds=None, forget_noise: str = "shared") -> dict:
     """Write the integrity report of `edited` against `base` into the folder `out`; returns its numbers (what
     report.json holds, plus 'out').
 
@@ -49,7 +49,7 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
     with the word) and retain prompts; `neighbour` is the retain concept to watch first. `on`: which retain prompts
     when the task is the world's built-in one ('eval', its held-out third, or 'train'). `clip`: a CLIP model that
     judges forgetting off the embedded world. `forget_seeds`: the forget images' seeds
-    (default `seeds`). A non-empty `out` is refused unless `overwrite` and it holds a report.
+    (default `seeds`); `forget_noise`: 'shared' (one noise per seed) or 'per-image' (`evaluate`'s). A non-empty `out` is refused unless `overwrite` and it holds a report.
     """
     if out is None:
         raise ValueError("report needs out=<a folder for report.md, report.json and the figures>")
@@ -88,7 +88,7 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
         warnings.simplefilter("always")
         ev = evaluate(base_pipe, edited_pipe, task, seeds=seeds, steps=steps, guidance_scale=guidance_scale,
                       lpips=lpips, clip=clip, cache_dir=cache_dir, progress=progress, on=on, fid=fid,
-                      forget_seeds=forget_seeds)
+                      forget_seeds=forget_seeds, forget_noise=forget_noise)
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -100,8 +100,9 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
                         "neighbour": neighbour, "task": task.name, **data.pop("prompts")},
             **data, "warnings": notes}
 
-    def images(pairs):
-        prompts_, seeds_ = [p for p, _ in pairs], [s for _, s in pairs]
+    def images(pairs, noise="shared"):  # the forget figure's images are those the forget rate judged
+        prompts_ = [p for p, _ in pairs]
+        seeds_ = noise_seeds(prompts_, [s for _, s in pairs], noise)
         return tuple(cached_sample_pairs(pipe, prompts_, seeds_, steps, guidance_scale, cache_dir, progress=False)
                      for pipe in (base_pipe, edited_pipe))
 
@@ -115,7 +116,7 @@ def report(base, edited=None, out=None, prompts=None, forget: str | None = None,
                                                                                               worst))
     drawn = {}
     for key, (file, title, pairs) in figures.items():
-        x0, x = images(pairs)
+        x0, x = images(pairs, ev.forget_noise if key == "forget_pairs" else "shared")
         drawn[key] = (file, title, pairs, x0, x, lpips(x0, x), lpips.map(x0, x)[:, 0])
     data["figures"] = {k: v[0] for k, v in drawn.items()}
     data["seconds"] = round(time.time() - start, 1)

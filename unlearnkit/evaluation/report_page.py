@@ -38,7 +38,8 @@ def numbers(ev, task, forget: str | None, clip=None) -> dict:
                        "retain_part_means": PART[ev.on]},
            "settings": {"sampler": "DDIM, eta 0 (deterministic); each image's initial noise from its seed alone",
                         "steps": ev.steps, "guidance_scale": ev.guidance_scale, "seeds": ev.seeds,
-                        "forget_seeds": ev.forget_seeds if forget else None, "lpips_net": ev.lpips_net},
+                        "forget_seeds": ev.forget_seeds if forget else None,
+                        "forget_noise": ev.forget_noise if forget else None, "lpips_net": ev.lpips_net},
            "lpips_ret": {"value": ev.lpips_ret, "ci": _ci(ev.lpips_ret_ci), "pairs": ev.n_retain},
            "integrity": {"value": ev.integrity, "ci": [1 - hi, 1 - lo]},
            "per_concept": per}
@@ -149,7 +150,8 @@ def page(data: dict) -> str:
         + (f"; neighbour concept \"{pr['neighbour']}\"" if pr["neighbour"] else "") + " |",
         f"| sampler | {st['sampler']}; {st['steps']} steps, guidance scale {st['guidance_scale']:g} |",
         f"| seeds | retain images: {seeds}"
-        + (f"; forget images: {', '.join(map(str, st['forget_seeds']))}" if st["forget_seeds"] else "") + " |",
+        + (f"; forget images: {', '.join(map(str, st['forget_seeds']))}" if st["forget_seeds"] else "")
+        + ("; each forget image its own noise (`image_seed`)" if st.get("forget_noise") == "per-image" else "") + " |",
         f"| LPIPS | `{st['lpips_net']}` (network, and the size images are resized to) |",
         f"| made by | unlearnkit {data['unlearnkit']} in {data['seconds']:g} s |", "",
         "## Retention", "",
