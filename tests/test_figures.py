@@ -142,7 +142,7 @@ def test_what_was_drawn_says_how_often_the_neighbour_is_still_drawn(monkeypatch)
     monkeypatch.setattr(unlearnkit.evaluation.classifier, "load_classifier", lambda: SimpleNamespace(predict=predict))
     near = {"lpips_neighbour": 0.1, "lpips_neighbour_ci": (0.05, 0.15), "lpips_rest": 0.1, "lpips_rest_ci": (0.08, 0.12)}
     results = {"base": {"forget_rate": 1.0}, "A": {"forget_rate": 0.0, **near}, "B": {"forget_rate": 0.0, **near}}
-    prof = SimpleNamespace(forget_seeds=(0, 1), eval_seeds=(0,), sample_steps=2, guidance_scale=2.0)
+    prof = SimpleNamespace(forget_seeds=(0, 1), forget_noise="shared", eval_seeds=(0,), sample_steps=2, guidance_scale=2.0)
     text = what_was_drawn({"base": "base", "A": "A", "B": "B"}, results, task, prof)
     assert "| base | triangle 100% | 100% |" in text and "| A | circle 100% | 0% |" in text
     lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
