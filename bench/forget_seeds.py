@@ -30,7 +30,7 @@ from unlearnkit.experiments import profile, run_until_forgotten
 from unlearnkit.io import atomic_write
 from unlearnkit.methods import canonical, make_config
 from unlearnkit.models import load_base
-from unlearnkit.sampling import NOISE, noise_seeds, sample_pairs
+from unlearnkit.sampling import NOISE, grid, sample_pairs
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,9 +81,7 @@ def main(argv=None) -> int:
     print(f"forget {args.forget!r} ({len(task.forget_prompts)} prompts), {name} at lr {run.config.lr:.2g}, "
           f"{len(run.history)} steps; its checks: {run.forget_checks}; noise: {args.noise}\n\n| seed | still shows it |\n|---|---|")
     for s in seeds:
-        images = sample_pairs(run.pipeline, task.forget_prompts,
-                              noise_seeds(task.forget_prompts, [s] * len(task.forget_prompts), args.noise),
-                              progress=False, **P.sampler)
+        images = sample_pairs(run.pipeline, *grid(task.forget_prompts, [s], args.noise), progress=False, **P.sampler)
         per_seed[s] = [bool(h) for h in forget_hits(images, task, classifier=classifier)]
         print(f"| {s} | {sum(per_seed[s])} of {len(per_seed[s])} |", flush=True)
     parts = {"stopping check": [s for s in CHECK_SEEDS if s in per_seed],

@@ -57,14 +57,13 @@ def parse(ap: argparse.ArgumentParser, path: Path) -> dict:
 
 def judged(results: dict) -> list[tuple[str, str, bool | None, bool | None, str]]:
     """[(claim, method, held-out verdict, training verdict, held-out numbers)]."""
-    held = claims(results)
-    train = {(c, w): h for c, w, h, _ in claims({m: {**r, "lpips_ret": r["train_lpips_ret"],
-                                                        "lpips_ret_ci": r["train_lpips_ret_ci"]}
-                                                  for m, r in results.items()
-                                                  if r.get("train_lpips_ret") is not None}
-                                                 if all("train_lpips_ret" in r for r in results.values()) else {})}
-    return [(c, w, h, train.get((c, w), "n/a") if not c.startswith("(a)") else "n/a", nums)
-            for c, w, h, nums in held if not c.startswith("forgets") and w != "base"]
+    train = {}
+    if all("train_lpips_ret" in r for r in results.values()):  # the same rows with the training prompts' LPIPS_ret
+        on_train = {m: {**r, "lpips_ret": r["train_lpips_ret"], "lpips_ret_ci": r["train_lpips_ret_ci"]}
+                    for m, r in results.items()}
+        train = {(c, w): h for c, w, h, _ in claims(on_train) if not c.startswith("(a)")}
+    return [(c, w, h, train.get((c, w), "n/a"), nums)
+            for c, w, h, nums in claims(results) if not c.startswith("forgets") and w != "base"]
 
 
 def main(argv=None) -> int:

@@ -56,6 +56,13 @@ def noise_seeds(prompts: Sequence[str], seeds: Sequence[int], noise: str = "shar
     return [int(s) for s in seeds] if noise == "shared" else [image_seed(p, s) for p, s in zip(prompts, seeds)]
 
 
+def grid(prompts: Sequence[str], seeds: Sequence[int], noise: str = "shared") -> tuple[list[str], list[int]]:
+    """Every prompt at every seed, prompt by prompt (the order `sample` and `evaluate` use), as aligned lists for
+    `sample_pairs`: the prompts, and each pair's noise seed under `noise` (`noise_seeds`)."""
+    prompts_ = [p for p in prompts for _ in seeds]
+    return prompts_, noise_seeds(prompts_, [int(s) for s in seeds] * len(prompts), noise)
+
+
 def _check(prompts, seeds, steps, guidance_scale):
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not one string; wrap it: [prompt]")
@@ -143,9 +150,8 @@ def sample(pipe, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int
     Image k = (prompts[k // len(seeds)], seeds[k % len(seeds)]); its initial noise depends only on its seed.
     """
     _check(prompts, seeds, steps, guidance_scale)
-    pairs = [(p, s) for p in prompts for s in seeds]
-    return sample_pairs(pipe, [p for p, _ in pairs], [s for _, s in pairs], steps=steps,
-                        guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)
+    return sample_pairs(pipe, *grid(prompts, seeds), steps=steps, guidance_scale=guidance_scale,
+                        batch_size=batch_size, progress=progress)
 
 
 def esd_stop_index(t: torch.Tensor, ddim_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:

@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for a single-file checkpoint (.safetensors / .ckpt): a diffusers folder of the same "
                              "architecture (a saved pipeline or a downloaded model's folder) to read its configs from")
 
+    def forget_noise_arg(sp):  # the choices are sampling.NOISE (not imported here: the CLI starts without torch)
+        sp.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
+                        help="the forget images' noise: one per seed, every forget prompt starting from it (shared, "
+                             "the default), or one per image (per-image: independent images, an honest forget-rate "
+                             "interval)")
+
     def task_args(sp):
         sp.add_argument("--task", default="object", help="built-in task: object, style, sd-vangogh, sd-cat")
         sp.add_argument("--forget", action="append", default=None, metavar="WORD",
@@ -358,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--forget-seeds", default=None,
                     help="comma-separated seeds of the forget images (default: --seeds); more seeds, a narrower "
                          "forget-rate interval")
-    sp.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
-                    help="the forget images' noise: one per seed, every forget prompt starting from it (shared, the "
-                         "default), or one per image (per-image: independent images, an honest forget-rate interval)")
+    forget_noise_arg(sp)
     config_arg(sp)
     task_args(sp)
     common(sp)
@@ -384,9 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     sp.add_argument("--forget-seeds", default=None, help="the forget images' seeds (default: --seeds); more, a "
                                                           "narrower forget-rate interval")
-    sp.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
-                    help="the forget images' noise: one per seed, every forget prompt starting from it (shared, the "
-                         "default), or one per image (per-image: independent images, an honest forget-rate interval)")
+    forget_noise_arg(sp)
     sp.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     sp.add_argument("--guidance", type=float, default=2.0, help="guidance scale (default 2.0, the embedded model's)")
     sp.add_argument("--on", default="eval", choices=["eval", "train"], help="on the embedded world's built-in task: "

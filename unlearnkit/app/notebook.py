@@ -179,16 +179,15 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
 
     from ..data import cached_sample_pairs
     from ..evaluation import FORGOT_BELOW
-    from ..sampling import noise_seeds
+    from ..sampling import grid
     from ..evaluation.claims import who_pays_more
     from ..evaluation.classifier import load_classifier
 
     forgot_below = FORGOT_BELOW if forgot_below is None else forgot_below
     clf = load_classifier()
-    forget_seeds = list(prof.forget_seeds)
-    f_prompts = [p for p in task.forget_prompts for _ in forget_seeds]
-    f_seeds = noise_seeds(f_prompts, forget_seeds * len(task.forget_prompts), prof.forget_noise)  # evaluate's images
+    f_prompts, f_seeds = grid(task.forget_prompts, prof.forget_seeds, prof.forget_noise)  # evaluate's images
     n_prompts = [task.swap(p, task.neighbour_concept) for p in task.forget_prompts] if task.neighbour_concept else []
+    n_pairs = grid(n_prompts, prof.eval_seeds)
     rows, notes, kept_share = [], [], {}
     for name, pipe in pipes.items():
         shown = Counter(p[task.kind] for p in clf.predict(cached_sample_pairs(pipe, f_prompts, f_seeds,
@@ -196,9 +195,7 @@ def what_was_drawn(pipes: dict, results: dict, task, prof, forgot_below: float |
         top = ", ".join(f"{c} {k / len(f_prompts):.0%}" for c, k in shown.most_common(3))
         kept = ""
         if n_prompts:
-            seeds = list(prof.eval_seeds)
-            imgs = cached_sample_pairs(pipe, [p for p in n_prompts for _ in seeds], seeds * len(n_prompts),
-                                       prof.sample_steps, prof.guidance_scale)
+            imgs = cached_sample_pairs(pipe, *n_pairs, prof.sample_steps, prof.guidance_scale)
             kept_share[name] = sum(p[task.kind] == task.neighbour_concept for p in clf.predict(imgs)) / len(imgs)
             kept = f"{kept_share[name]:.0%}"
         r = results.get(name, {})

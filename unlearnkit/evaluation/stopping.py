@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..sampling import NOISE, noise_seeds, sample_pairs
+from ..sampling import NOISE, grid, sample_pairs
 from .judges import classifier_judges, forget_hits
 
 # the seeds of `until_forgotten`'s check: held out from the training data (seeds 0 .. data_seeds-1) and from every
@@ -61,10 +61,8 @@ class UntilForgotten:
             from .classifier import load_classifier
 
             self.classifier = load_classifier()
-        prompts = [p for p in task.forget_prompts for _ in self.seeds]
-        seeds = noise_seeds(prompts, list(self.seeds) * len(task.forget_prompts), self.noise)
-        images = sample_pairs(pipe, prompts, seeds, steps=config.data_steps, guidance_scale=config.data_guidance,
-                              progress=False)
+        images = sample_pairs(pipe, *grid(task.forget_prompts, self.seeds, self.noise), steps=config.data_steps,
+                              guidance_scale=config.data_guidance, progress=False)
         hits = forget_hits(images, task, classifier=self.classifier)
         rate = sum(hits) / len(hits)
         return {"forget_check": rate}, rate <= self.bound

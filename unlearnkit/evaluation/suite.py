@@ -15,7 +15,7 @@ import torch
 
 from .. import world
 from ..data import cached_sample_pairs, pipeline_fingerprint
-from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, NOISE, noise_seeds
+from ..sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, NOISE, grid
 from .clip import clip_score
 from .fid import classifier_fid, fid_ci
 from .judges import DidNotForget, FORGOT_BELOW, did_not_forget, judge_for
@@ -102,11 +102,6 @@ class Evaluation:
         return [self[k] for k in self.keys()]
 
 
-def _pairs(prompts, seeds):
-    pairs = [(p, int(s)) for p in prompts for s in seeds]
-    return [p for p, _ in pairs], [s for _, s in pairs]
-
-
 ON = ("eval", "train", "both")
 # the retain part's measurements `on='both'` repeats on the training part (`Evaluation.train`)
 TRAIN_KEYS = ("lpips_ret", "lpips_ret_ci", "integrity", "per_concept", "n_retain", "lpips_neighbour",
@@ -153,9 +148,8 @@ def evaluate(base, unlearned, task, seeds=(0, 1), steps: int = DEFAULT_STEPS,
     lpips = lpips or LPIPSDistance(lpips_net, lpips_size)
     part = task.retain_train if on == "train" else task.retain_eval
     retain_prompts = part[:max_retain] if max_retain else part
-    r_prompts, r_seeds = _pairs(retain_prompts, seeds)
-    f_prompts, f_seeds = _pairs(task.forget_prompts, forget_seeds)
-    f_seeds = noise_seeds(f_prompts, f_seeds, forget_noise)
+    r_prompts, r_seeds = grid(retain_prompts, seeds)
+    f_prompts, f_seeds = grid(task.forget_prompts, forget_seeds, forget_noise)
     base_fp = pipeline_fingerprint(base)
     same = pipeline_fingerprint(unlearned) == base_fp
 
