@@ -1,6 +1,7 @@
 """The paper's claims on any concept pair of the embedded world: each printed as holds / fails, with its numbers.
 
     python bench/claims.py --forget WORD --neighbour WORD [--profile cpu] [--out bench/claims-WORD.json]
+                           [--forget-noise per-image]      # writes bench/claims-WORD-per-image.json
 
 Runs the Table-1 methods on the task that forgets WORD and watches its neighbour, each made to forget by
 `experiments.run_until_forgotten`: its kind's rule (`experiments.KIND_RULES`; a new pair has no tuned configs)
@@ -15,12 +16,15 @@ the training retain prompts (the ones L_help, SalUn's retain loss and SA's repla
 stopping check's last forget rate (on `CHECK_SEEDS`) beside the evaluation's (on the profile's `forget_seeds`), each
 with its Wilson interval: do the two agree (intervals overlap)?
 `--all` adds the baselines beyond the paper (UCE, CA, CA (noise), FMN); UCE, a closed form, runs once.
+`--forget-noise per-image`: the stopping check and the evaluation both draw each forget image with its own noise
+(`sampling.image_seed`) instead of one noise per seed, so the runs stop at other steps and train again.
 Runs are cached (`run_method`), so a second call or an interrupted one costs only what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,6 +37,7 @@ from unlearnkit.evaluation import CHECK_SEEDS, LPIPSDistance, evaluate, format_c
 from unlearnkit.evaluation.claims import claims, on_training_prompts
 from unlearnkit.methods import make_config
 from unlearnkit.models import load_base
+from unlearnkit.sampling import NOISE
 
 BEYOND = {label: m for label, (m, kw) in TABLE_EXTRAS.items() if not kw}  # UCE, CA, CA (noise), FMN
 
@@ -56,8 +61,12 @@ def main(argv=None):
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", default=None, help="JSON with every evaluation and claim (default bench/claims-WORD.json)")
     ap.add_argument("--all", action="store_true", help="also the baselines beyond the paper: UCE, CA, CA (noise), FMN")
+    ap.add_argument("--forget-noise", default=None, choices=NOISE,
+                    help="the forget images' noise in the stopping check and the evaluation (default: the profile's)")
     args = ap.parse_args(argv)
     P = profile(args.profile)
+    if args.forget_noise:
+        P = dataclasses.replace(P, forget_noise=args.forget_noise)
     task = P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
     base, lpips = load_base(), LPIPSDistance()
     results, trained, agreement = {}, {}, {}
@@ -88,11 +97,13 @@ def main(argv=None):
     word = lambda h: "—" if h is None else ("holds" if h else "fails")  # noqa: E731
     for (claim, who, holds, numbers), (_, _, holds_train, _) in zip(rows, train_rows):
         print(f"| {claim} | {who} | {word(holds)} | {word(holds_train)} | {numbers} |")
-    out = Path(args.out or f"bench/claims-{args.forget}.json")
+    out = Path(args.out or f"bench/claims-{args.forget}" + ("" if P.forget_noise == "shared" else f"-{P.forget_noise}")
+               + ".json")
     keep = ("lpips_ret", "lpips_ret_ci", "lpips_neighbour", "lpips_neighbour_ci", "lpips_rest", "lpips_rest_ci",
             "forget_rate", "forget_rate_ci", "retain_accuracy", "n_retain", "n_forget")
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(
         {"forget": args.forget, "neighbour": args.neighbour, "profile": P.name, "retain": "held-out (train beside)",
+         "forget_noise": P.forget_noise,
          "results": {m: {**{k: r.get(k) for k in keep}, **trained[m],
                          "train": {k: r["train"].get(k) for k in keep if k in r["train"]},
                          "check_agreement": agreement[m]} for m, r in results.items()},

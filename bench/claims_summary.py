@@ -2,10 +2,11 @@
 held-out and on the training retain prompts, and where the stopping check and the evaluation disagree on the forget
 rate; the runs that forgot only by breaking the model (retain accuracy at most BROKEN_AT).
 
-    python bench/claims_summary.py [bench/claims-*.json ...]
+    python bench/claims_summary.py [bench/claims-*.json ...] [--forget-noise per-image]
 
 Reads only the JSON files (no model runs). A file from before the held-out split (no "retain" field) is listed as
-such and left out of the counts: its numbers were measured on the training prompts alone.
+such and left out of the counts: its numbers were measured on the training prompts alone. Files are summarised for
+one forget noise at a time (`--forget-noise`, default shared; a file that does not say was measured with shared noise).
 """
 
 from __future__ import annotations
@@ -61,12 +62,19 @@ def tally(data: list, key: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", type=Path, help="claims files (default: every bench/claims-*.json)")
-    paths = ap.parse_args(argv).files or sorted(HERE.glob("claims-*.json"))
+    ap.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
+                    help="summarise the files measured with this forget noise (bench/claims.py --forget-noise)")
+    args = ap.parse_args(argv)
+    paths = args.files or sorted(HERE.glob("claims-*.json"))
     data = [(p, read(ap, p)) for p in paths]
+    other = [p.name for p, d in data if d.get("forget_noise", "shared") != args.forget_noise]
+    data = [(p, d) for p, d in data if d.get("forget_noise", "shared") == args.forget_noise]
+    if other:
+        print(f"forget noise {args.forget_noise}; measured with another, left out: {', '.join(other)}\n")
     old = [p.name for p, d in data if "retain" not in d]
     data = [(p, d) for p, d in data if "retain" in d]
     if not data:
-        print("no claims file on the held-out split yet" + (f" (before it: {', '.join(old)})" if old else ""))
+        print(f"no claims file with {args.forget_noise} forget noise on the held-out split yet" + (f" (before it: {', '.join(old)})" if old else ""))
         return 1
     methods = list(dict.fromkeys(m for _, d in data for m in d["results"]))
     claim_names = ("(a) neighbour pays most", "(b) help losses keep integrity", "(c) L_help matters")

@@ -3,16 +3,21 @@
     python bench/tune.py [--task style] [--cache runs/cache] [--out bench/tune-style.json]
     python bench/tune.py --forget blue --neighbour green     # a concept of the world: the per-kind rule's sweep
     python bench/tune.py --rule blue,red                     # the kind's rule over those pairs' sweeps
+    python bench/tune.py --forget blue --neighbour green --forget-noise per-image   # forget images with their own noise
 
 Each method runs its default and two values of its main knob (the learning rate; Saddle's τ multiple),
 on the cpu profile, and is evaluated against the base on the same prompts and seeds. The rule that picks a
 config, the same for every method: the lowest lpips_ret among the configs with forget_rate <= 0.2 (else
 the lowest forget rate). Results are written as JSON after every run (a rerun skips what is there).
+`--forget-noise per-image` judges the forget rate on images that each have their own noise (`sampling.image_seed`)
+instead of one noise per seed; its rows sit beside the shared ones (their settings say the noise), and `--rule` with
+the same flag picks from them alone. A cached run is not trained again: only its evaluation runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +29,7 @@ from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
 from unlearnkit.methods import make_config, method_code_hash
 from unlearnkit.evaluation import FORGOT_BELOW, LPIPSDistance, format_ci
+from unlearnkit.sampling import NOISE
 
 GRID = {
     "esd-x": [{}, {"lr": 1e-4}, {"lr": 1e-3}],
@@ -111,14 +117,16 @@ def main(argv=None):
     ap.add_argument("--neighbour", default=None, help="with --forget: the concept to watch")
     ap.add_argument("--rule", default=None, help="comma-separated words whose bench/tune-WORD.json sweeps exist: "
                     "print the kind's rule picked over all of them, then stop")
+    ap.add_argument("--forget-noise", default="shared", choices=NOISE,
+                    help="the forget images' noise: one per seed (shared, the profile's) or one per image (per-image)")
     args = ap.parse_args(argv)
     if args.rule:
-        return print_rule(args.rule.split(","))
+        return print_rule(args.rule.split(","), args.forget_noise)
     grid = KIND_GRIDS[world.kind_of(args.forget)] if args.forget else GRID
     args.methods = args.methods or ",".join(m for m in grid if m != "saddle-forms")
     out = Path(args.out or f"bench/tune-{args.forget or args.task}.json")
     rows = json.loads(out.read_text()) if out.exists() else []
-    P = profile("cpu")
+    P = dataclasses.replace(profile("cpu"), forget_noise=args.forget_noise)
     base = uk.load_base(device="cpu")
     task = (P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
             if args.forget else P.task(args.task))
@@ -175,13 +183,19 @@ def main(argv=None):
                                        for t, r in p.items()) + " |")
 
 
-def print_rule(words: list[str]) -> None:
+def noise_of(row: dict) -> str:
+    """The forget images' noise a sweep row was judged with ('shared' where its settings do not say)."""
+    return (row.get("profile") or {}).get("forget_noise", "shared")
+
+
+def print_rule(words: list[str], noise: str = "shared") -> None:
     by_pair = {}
     for w in words:
         path = Path(f"bench/tune-{w}.json")
         if not path.exists():
             raise SystemExit(f"--rule: {path} does not exist; run bench/tune.py --forget {w} --neighbour WORD first")
-        by_pair[w] = json.loads(path.read_text())
+        by_pair[w] = [r for r in json.loads(path.read_text()) if noise_of(r) == noise]
+    print(f"forget images' noise: {noise}")
     kinds = {world.kind_of(w) for w in words}
     if len(kinds) != 1:
         raise SystemExit(f"--rule: {', '.join(words)} are not of one kind ({', '.join(sorted(kinds))}); a rule is per kind")

@@ -271,6 +271,26 @@ def test_run_method_keys_a_run_by_whose_images_it_trained_on(tiny_pipe, object_t
     assert not all(torch.equal(a, b) for a, b in zip(own.pipeline.unet.parameters(), original.pipeline.unet.parameters()))
 
 
+def test_run_method_checks_forgetting_on_the_profiles_forget_noise(tiny_pipe, object_task, tmp_path, monkeypatch):
+    # the stopping check draws its images as the profile's evaluation does: shared runs keep their cache keys,
+    # per-image runs are other runs
+    from dataclasses import replace
+
+    from unlearnkit.evaluation import stopping
+    from unlearnkit.experiments import profile, run_method
+
+    asked, real = [], stopping.sample_pairs
+    monkeypatch.setattr(stopping, "sample_pairs", lambda pipe, prompts, seeds, **kw: asked.append(list(seeds))
+                        or real(pipe, prompts, seeds, **kw))
+    P = profile("smoke")
+    for prof in (P, replace(P, forget_noise="per-image")):
+        run = run_method(tiny_pipe, object_task, "esd-x", prof, cache_dir=tmp_path, progress=False, until_forgotten=1)
+        assert "forget_check" in run.history[0]
+    n = len(object_task.forget_prompts)
+    assert set(asked[0]) == set(stopping.CHECK_SEEDS)  # one noise per check seed
+    assert len(set(asked[-1])) == len(asked[-1]) == len(stopping.CHECK_SEEDS) * n and min(asked[-1]) >= 2**32
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
 def test_sa_and_salun_keep_no_second_copy_of_the_weights(tiny_pipe, object_task, monkeypatch):
     # memory at SD's size (docs/SD.md): SA's θ0 is the frozen base's tensors, SalUn's masks are its bool state
     from unlearnkit.methods.sa import SelectiveAmnesia

@@ -204,6 +204,30 @@ def test_a_kinds_rule_is_picked_over_every_pair():
     assert fallback["overrides"] == {"lr": 3e-4} and fallback["forgets"] is False
     by_pair["red"].append(row({"lr": 1e-3}, 0.0, 0.030))  # the sweep run again: its newest row counts
     assert tune.pick_rule(by_pair, grid)["ovw"]["overrides"] == {"lr": 1e-3}
+    # rows judged with per-image forget noise say so in their settings; `--rule --forget-noise` reads them alone
+    assert tune.noise_of(row({}, 0, 0)) == "shared" and tune.noise_of({"profile": {"forget_noise": "per-image"}}) == "per-image"
+
+
+def test_a_kinds_rule_reads_the_rows_of_one_forget_noise(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bench").mkdir()
+    own, up = {"forget_noise": "per-image"}, tune.KIND_GRIDS["colour"]["ovw"][1]  # the rung at 3x OVW's lr
+    for w in ("blue", "red"):  # shared noise says blue and red forgot at the default; per-image that neither did
+        rows = [{"method": "ovw", "overrides": cfg, "profile": prof, "forget_rate": rate, "lpips_ret": lp,
+                 "lpips_ret_ci": [lp / 2, lp * 2]}
+                for prof, cfg, rate, lp in (({}, {}, 0.1, 0.01), ({}, up, 0.0, 0.02), (own, {}, 0.4, 0.01), (own, up, 0.1, 0.02))]
+        (tmp_path / "bench" / f"tune-{w}.json").write_text(json.dumps(rows))
+    tune.print_rule(["blue", "red"])
+    out = capsys.readouterr().out
+    assert "forget images' noise: shared" in out and "| ovw | default | 0.010" in out
+    tune.print_rule(["blue", "red"], "per-image")
+    out = capsys.readouterr().out  # the newest rows are per-image, but the shared rule above did not read them
+    assert "forget images' noise: per-image" in out and f"| ovw | {up} | 0.020" in out
 
 
 def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_path, capsys):
@@ -233,6 +257,15 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
     assert "3 of 4 (pair, method) runs agree" in out and "| cross | ESD | 0.02 [0.00, 0.10] (50) |" in out
     assert "Before the held-out split (not counted): claims-star.json" in out
     assert "| (b) help losses keep integrity | OVW | 1 of 1 | 0 of 1 |" in out  # held-out vs training prompts
+    # a file measured with per-image forget noise is summarised on its own (bench/claims.py --forget-noise per-image)
+    (tmp_path / "claims-cross-per-image.json").write_text(json.dumps({**new, "forget_noise": "per-image"}))
+    files = [str(p) for p in sorted(tmp_path.glob("*.json"))]
+    assert summary.main(files) == 0
+    assert "measured with another, left out: claims-cross-per-image.json" in capsys.readouterr().out
+    assert summary.main(files + ["--forget-noise", "per-image"]) == 0
+    out = capsys.readouterr().out
+    assert "left out: claims-cross.json, claims-star.json" in out and "1 of 2 (pair, method)" not in out
+    assert "| cross / star | 0.250 / **0.24** | 0.020 / 0.00 |" in out and "Before the held-out split" not in out
     for bad, says in ((tmp_path / "missing.json", "no such file"), (ROOT / "README.md", "not a claims file")):
         with pytest.raises(SystemExit) as e:
             summary.main([str(bad)])

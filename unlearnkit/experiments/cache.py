@@ -32,7 +32,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     code (editing a method trains it again), training data and stopping rule; not on run options (`compile`,
     `gradient_checkpointing`, ... in `overrides`). `snapshots`: fractions of the steps (e.g. (0.25, 0.5)) after
     which the trained weights are kept too, in `result.snapshots` (cached beside the weights; a cached run without
-    them trains again). `until_forgotten=N`: `stop=evaluation.until_forgotten(N)`. `data_from`: as in `unlearn`."""
+    them trains again). `until_forgotten=N`: `stop=evaluation.until_forgotten(N, noise=prof.forget_noise)`. `data_from`: as in `unlearn`."""
     prof = profile(prof) if isinstance(prof, str) else prof
     name = canonical(method)
     settings, run_kw = split_settings(_settings(task, name, prof, use_tuned, overrides))
@@ -40,7 +40,7 @@ def run_method(pipe, task: Task, method: str, prof: Profile | str = "cpu", cache
     cfg = method_obj.config
     options = RunOptions(progress=progress, compile=compile, **run_kw)
     if until_forgotten:
-        stop = until_forgotten_rule(until_forgotten)
+        stop = until_forgotten_rule(until_forgotten, noise=prof.forget_noise)  # checked on the images evaluate judges
     data_fp = pipeline_fingerprint(data_from) if data_from is not None else pipeline_fingerprint(pipe)
     identity = run_identity(name, cfg, pipeline_fingerprint(pipe), data_fp, stop)
     folder = (Path(cache_dir) if cache_dir else default_cache_dir()) / "runs" / \
