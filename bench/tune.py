@@ -154,7 +154,7 @@ def main(argv=None):
             tmp.write_text(json.dumps(rows, indent=1))
             os.replace(tmp, out)
             print(json.dumps(rows[-1]), flush=True)
-    print(f"| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
+    print("| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in (g for g in grid if g != "saddle-forms"):
         # rows of another version of the method (or from before rows kept its code) stay in the JSON, unpicked
         mine = [r for r in rows if r["method"] == m and r.get("profile") == setting and r.get("code") == method_code_hash(m)]
@@ -199,7 +199,7 @@ def print_rule(words: list[str], noise: str = "shared") -> None:
     kinds = {world.kind_of(w) for w in words}
     if len(kinds) != 1:
         raise SystemExit(f"--rule: {', '.join(words)} are not of one kind ({', '.join(sorted(kinds))}); a rule is per kind")
-    print(f"| method | rule | " + " | ".join(f"{w}: lpips_ret / forget rate" for w in words) + " |")
+    print("| method | rule | " + " | ".join(f"{w}: lpips_ret / forget rate" for w in words) + " |")
     print("|---|---|" + "---|" * len(words))
     for m, c in pick_rule(by_pair, KIND_GRIDS[kinds.pop()]).items():
         if c is None:
