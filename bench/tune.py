@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: one sweep per file there
+    fcntl = None
+
 import unlearnkit as uk
 from unlearnkit import world
 from unlearnkit.experiments import profile, run_method
@@ -63,6 +68,24 @@ GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FOR
 _LR_LADDER = {m: [{}, {"lr": 3 * make_config(m).lr}, {"lr": 10 * make_config(m).lr}]
               for m in ("esd-x", "salun", "sa", "saddle", "ovw")}
 KIND_GRIDS = {"object": _LR_LADDER, "style": _LR_LADDER, "colour": {**_LR_LADDER, "esd-x": [{}, {"eta": 3.0}, {"eta": 10.0}]}}
+
+
+def append_row(out: Path, row: dict) -> list[dict]:
+    """`row` appended to the JSON list at `out` as it is on disk now, not as this sweep read it: two sweeps on one file
+    (say shared and per-image forget noise) keep each other's rows. Under a lock on the folder, written to a temp file
+    and renamed. Returns the rows on disk."""
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        rows = json.loads(out.read_text()) if out.exists() else []
+        rows.append(row)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        os.replace(tmp, out)
+        return rows
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pick(rows: list[dict]) -> dict:
@@ -150,10 +173,9 @@ def main(argv=None):
             rows.append({"method": m, "overrides": cfg, "profile": setting, "code": code, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
                          "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
                          "train_seconds": run.seconds, "seconds": time.time() - t})
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows, indent=1))
-            os.replace(tmp, out)
-            print(json.dumps(rows[-1]), flush=True)
+            row = rows[-1]
+            rows = append_row(out, row)  # with what another sweep on this file wrote meanwhile
+            print(json.dumps(row), flush=True)
     print("| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in (g for g in grid if g != "saddle-forms"):
         # rows of another version of the method (or from before rows kept its code) stay in the JSON, unpicked

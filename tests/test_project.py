@@ -208,6 +208,19 @@ def test_a_kinds_rule_is_picked_over_every_pair():
     assert tune.noise_of(row({}, 0, 0)) == "shared" and tune.noise_of({"profile": {"forget_noise": "per-image"}}) == "per-image"
 
 
+def test_a_sweep_row_is_appended_to_the_file_as_it_is_on_disk(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    out = tmp_path / "tune-blue.json"
+    assert tune.append_row(out, {"n": 1}) == [{"n": 1}]
+    out.write_text(json.dumps([{"n": 1}, {"n": 2}]))  # another sweep wrote since this one read the file
+    assert tune.append_row(out, {"n": 3}) == [{"n": 1}, {"n": 2}, {"n": 3}] == json.loads(out.read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tune-blue.json"]  # no temp file left
+
+
 def test_a_kinds_rule_reads_the_rows_of_one_forget_noise(tmp_path, monkeypatch, capsys):
     import importlib.util
 
