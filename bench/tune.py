@@ -140,12 +140,19 @@ def main(argv=None):
     ap.add_argument("--neighbour", default=None, help="with --forget: the concept to watch")
     ap.add_argument("--rule", default=None, help="comma-separated words whose bench/tune-WORD.json sweeps exist: "
                     "print the kind's rule picked over all of them, then stop")
+    ap.add_argument("--lr-ladder", action="store_true",
+                    help="with --forget: sweep every method's learning-rate ladder, also where its kind's grid has "
+                    "another knob (colours: ESD-x's η); those rows are kept, not picked by the kind's rule")
     ap.add_argument("--forget-noise", default="shared", choices=NOISE,
                     help="the forget images' noise: one per seed (shared, the profile's) or one per image (per-image)")
     args = ap.parse_args(argv)
     if args.rule:
         return print_rule(args.rule.split(","), args.forget_noise)
     grid = KIND_GRIDS[world.kind_of(args.forget)] if args.forget else GRID
+    if args.lr_ladder:
+        if not args.forget:
+            raise SystemExit("--lr-ladder: only with --forget WORD (the built-in tasks' GRID has its own knobs)")
+        grid = _LR_LADDER
     args.methods = args.methods or ",".join(m for m in grid if m != "saddle-forms")
     out = Path(args.out or f"bench/tune-{args.forget or args.task}.json")
     rows = json.loads(out.read_text()) if out.exists() else []

@@ -219,6 +219,8 @@ def test_a_sweep_row_is_appended_to_the_file_as_it_is_on_disk(tmp_path):
     out.write_text(json.dumps([{"n": 1}, {"n": 2}]))  # another sweep wrote since this one read the file
     assert tune.append_row(out, {"n": 3}) == [{"n": 1}, {"n": 2}, {"n": 3}] == json.loads(out.read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tune-blue.json"]  # no temp file left
+    with pytest.raises(SystemExit, match="--lr-ladder: only with --forget WORD"):
+        tune.main(["--lr-ladder"])
 
 
 def test_a_kinds_rule_reads_the_rows_of_one_forget_noise(tmp_path, monkeypatch, capsys):
