@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from unlearnkit.evaluation import FORGOT_BELOW
+from unlearnkit.sampling import NOISE
 
 HERE = Path(__file__).resolve().parent
 # a run that forgot while the judge reads at most this share of held-out retain images as their prompt forgot by
@@ -62,13 +63,17 @@ def tally(data: list, key: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", type=Path, help="claims files (default: every bench/claims-*.json)")
-    ap.add_argument("--forget-noise", default="shared", choices=("shared", "per-image"),
+    ap.add_argument("--forget-noise", default="shared", choices=NOISE,
                     help="summarise the files measured with this forget noise (bench/claims.py --forget-noise)")
     args = ap.parse_args(argv)
     paths = args.files or sorted(HERE.glob("claims-*.json"))
-    data = [(p, read(ap, p)) for p in paths]
-    other = [p.name for p, d in data if d.get("forget_noise", "shared") != args.forget_noise]
-    data = [(p, d) for p, d in data if d.get("forget_noise", "shared") == args.forget_noise]
+    data, other = [], []
+    for p in paths:
+        d = read(ap, p)
+        if d.get("forget_noise", "shared") == args.forget_noise:  # a file that does not say: shared noise
+            data.append((p, d))
+        else:
+            other.append(p.name)
     if other:
         print(f"forget noise {args.forget_noise}; measured with another, left out: {', '.join(other)}\n")
     old = [p.name for p, d in data if "retain" not in d]

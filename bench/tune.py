@@ -177,10 +177,9 @@ def main(argv=None):
             t = time.time()
             run = run_method(base, task, m, P, cache_dir=args.cache, progress=False, use_tuned=False, **cfg)
             r = uk.evaluate(base, run.pipeline, task, lpips=lpips, cache_dir=args.cache, progress=False, **P.evaluation)
-            rows.append({"method": m, "overrides": cfg, "profile": setting, "code": code, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
-                         "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
-                         "train_seconds": run.seconds, "seconds": time.time() - t})
-            row = rows[-1]
+            row = {"method": m, "overrides": cfg, "profile": setting, "code": code, "forget_rate": r["forget_rate"], "lpips_ret": r["lpips_ret"],
+                   "lpips_ret_ci": r["lpips_ret_ci"], "retain_accuracy": r["retain_accuracy"],
+                   "train_seconds": run.seconds, "seconds": time.time() - t}
             rows = append_row(out, row)  # with what another sweep on this file wrote meanwhile
             print(json.dumps(row), flush=True)
     print("| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")

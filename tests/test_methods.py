@@ -291,6 +291,7 @@ def test_run_method_checks_forgetting_on_the_profiles_forget_noise(tiny_pipe, ob
     assert len(set(asked[-1])) == len(asked[-1]) == len(stopping.CHECK_SEEDS) * n and min(asked[-1]) >= 2**32
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
+
 def test_sa_and_salun_keep_no_second_copy_of_the_weights(tiny_pipe, object_task, monkeypatch):
     # memory at SD's size (docs/SD.md): SA's θ0 is the frozen base's tensors, SalUn's masks are its bool state
     from unlearnkit.methods.sa import SelectiveAmnesia

@@ -13,6 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(name: str):
+    """bench/NAME.py imported as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _norm(req: str) -> str:
     return re.sub(r"\s+", "", req).lower().replace("_", "-")
 
@@ -143,13 +153,9 @@ def test_every_cell_has_its_own_id(path):
 
 
 def test_claims_are_judged_from_the_numbers():
-    import importlib.util
-
     from unlearnkit.evaluation import claims
 
-    spec = importlib.util.spec_from_file_location("bench_claims", ROOT / "bench" / "claims.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("claims")
     assert bench.claims is claims.claims  # the bench script judges with the package's function
 
     def r(lpips, lo, hi, forget=0.0, near=None):
@@ -181,11 +187,7 @@ def test_claims_are_judged_from_the_numbers():
 
 
 def test_a_kinds_rule_is_picked_over_every_pair():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _bench("tune")
 
     def row(cfg, forget, lpips):
         return {"method": "ovw", "overrides": cfg, "forget_rate": forget, "lpips_ret": lpips}
@@ -209,11 +211,7 @@ def test_a_kinds_rule_is_picked_over_every_pair():
 
 
 def test_a_sweep_row_is_appended_to_the_file_as_it_is_on_disk(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _bench("tune")
     out = tmp_path / "tune-blue.json"
     assert tune.append_row(out, {"n": 1}) == [{"n": 1}]
     out.write_text(json.dumps([{"n": 1}, {"n": 2}]))  # another sweep wrote since this one read the file
@@ -224,11 +222,7 @@ def test_a_sweep_row_is_appended_to_the_file_as_it_is_on_disk(tmp_path):
 
 
 def test_a_kinds_rule_reads_the_rows_of_one_forget_noise(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tune", ROOT / "bench" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _bench("tune")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bench").mkdir()
     own, up = {"forget_noise": "per-image"}, tune.KIND_GRIDS["colour"]["ovw"][1]  # the rung at 3x OVW's lr
@@ -246,11 +240,7 @@ def test_a_kinds_rule_reads_the_rows_of_one_forget_noise(tmp_path, monkeypatch, 
 
 
 def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("claims_summary", ROOT / "bench" / "claims_summary.py")
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    summary = _bench("claims_summary")
 
     def result(lpips, rate, agree, acc=0.9):
         check = {"check": 0.02, "check_ci": [0.0, 0.1], "check_images": 50, "eval": rate, "eval_ci": [rate - 0.1, rate + 0.1],
@@ -288,11 +278,7 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
 
 
 def test_forget_seeds_bench_reads_seed_ranges():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("forget_seeds", ROOT / "bench" / "forget_seeds.py")
-    fs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fs)
+    fs = _bench("forget_seeds")
     assert fs.parse_seeds("0-3,1000,1002-1003,2") == [0, 1, 2, 3, 1000, 1002, 1003]
     with pytest.raises(ValueError, match="'3-1' is not a seed"):
         fs.parse_seeds("3-1")
@@ -301,14 +287,10 @@ def test_forget_seeds_bench_reads_seed_ranges():
 
 
 def test_table_claims_judges_a_written_table_as_the_notebook_does(tmp_path, capsys):
-    import importlib.util
-
     from unlearnkit.evaluation import results_table
     from unlearnkit.evaluation.claims import claims
 
-    spec = importlib.util.spec_from_file_location("table_claims", ROOT / "bench" / "table_claims.py")
-    tc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tc)
+    tc = _bench("table_claims")
 
     def r(lpips, rate, neighbour, rest, train):
         ci = lambda v: (round(v * 0.8, 3), round(v * 1.2, 3))  # noqa: E731
