@@ -7,6 +7,8 @@ rate; the runs that forgot only by breaking the model (retain accuracy at most B
 Reads only the JSON files (no model runs). A file from before the held-out split (no "retain" field) is listed as
 such and left out of the counts: its numbers were measured on the training prompts alone. Files are summarised for
 one forget noise at a time (`--forget-noise`, default shared; a file that does not say was measured with shared noise).
+A file whose pass is still under way (`"complete": false`: bench/claims.py writes each method as it is measured) is
+named and left out: its claims are judged only once every method is in.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ def main(argv=None) -> int:
             other.append(p.name)
     if other:
         print(f"forget noise {args.forget_noise}; measured with another, left out: {', '.join(other)}\n")
+    running = [f"{p.name} ({', '.join(d['results']) or 'no method yet'})" for p, d in data if d.get("complete") is False]
+    if running:
+        print(f"pass under way, left out (measured so far): {'; '.join(running)}\n")
+    data = [(p, d) for p, d in data if d.get("complete") is not False]
     old = [p.name for p, d in data if "retain" not in d]
     data = [(p, d) for p, d in data if "retain" in d]
     if not data:

@@ -271,10 +271,73 @@ def test_the_claims_summary_counts_held_out_pairs_and_lists_disagreements(tmp_pa
     out = capsys.readouterr().out
     assert "left out: claims-cross.json, claims-star.json" in out and "1 of 2 (pair, method)" not in out
     assert "| cross / star | 0.250 / **0.24** | 0.020 / 0.00 |" in out and "Before the held-out split" not in out
+    # a pass still under way (bench/claims.py writes each method as it goes) is named, not counted
+    (tmp_path / "claims-cross-per-image.json").write_text(json.dumps(
+        {**new, "forget_noise": "per-image", "complete": False, "results": {"ESD": new["results"]["ESD"]}}))
+    assert summary.main(files + ["--forget-noise", "per-image"]) == 1  # nothing complete on that noise yet
+    assert "pass under way, left out (measured so far): claims-cross-per-image.json (ESD)" in capsys.readouterr().out
     for bad, says in ((tmp_path / "missing.json", "no such file"), (ROOT / "README.md", "not a claims file")):
         with pytest.raises(SystemExit) as e:
             summary.main([str(bad)])
         assert e.value.code == 2 and f"{bad}: {says}" in capsys.readouterr().err
+
+
+def test_claims_writes_each_method_as_it_is_measured_and_reads_it_back(tmp_path, monkeypatch, capsys):
+    # bench/claims.py on one pair, with training and evaluation replaced by stand-ins that count their calls: an
+    # interrupted pass keeps what it measured, a second call runs only the rest, a changed kind rule only its method
+    from types import SimpleNamespace
+
+    from unlearnkit.experiments.tuned import KIND_RULES
+
+    bench, calls, fail_at = _bench("claims"), [], ["sa"]
+    lpips = {"esd-x": 0.30, "salun": 0.20, "sa": 0.25, "saddle": 0.02, "ovw": 0.01, "ovw-nohelp": 0.10}
+
+    def until(base, task, m, P, progress, like):
+        if m in fail_at:
+            raise KeyboardInterrupt  # the pass stopped here
+        calls.append(m)
+        return SimpleNamespace(pipeline=m, config=SimpleNamespace(lr=1e-4), history=[0] * 10, forget_checks={10: 0.0})
+
+    def evaluate(base, pipe, task, **kw):
+        x = lpips[pipe]
+        part = {"lpips_ret": x, "lpips_ret_ci": (x * 0.9, x * 1.1), "lpips_neighbour": 2 * x,
+                "lpips_neighbour_ci": (1.9 * x, 2.1 * x), "lpips_rest": x, "lpips_rest_ci": (0.9 * x, 1.1 * x),
+                "retain_accuracy": 0.9, "n_retain": 40}
+        return {**part, "forget_rate": 0.05, "forget_rate_ci": (0.0, 0.15), "n_forget": 40, "train": part}
+
+    monkeypatch.setattr(bench, "run_until_forgotten", until)
+    monkeypatch.setattr(bench, "evaluate", evaluate)
+    monkeypatch.setattr(bench, "LPIPSDistance", lambda: None)
+    out = tmp_path / "claims-circle.json"
+    argv = ["--forget", "circle", "--neighbour", "square", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    d = json.loads(out.read_text())
+    assert d["complete"] is False and list(d["results"]) == ["ESD", "SalUn"] and d["claims"] == []
+    fail_at.clear()
+    calls.clear()
+    bench.main(argv)
+    assert calls == ["sa", "saddle", "ovw", "ovw-nohelp"]  # ESD and SalUn were read from the file
+    d = json.loads(out.read_text())
+    assert d["complete"] is True and list(d["results"]) == ["ESD", "SalUn", "SA", "Saddle", "OVW", "OVW w/o L_help"]
+    judged = {(c["claim"], c["method"]): c["holds"] for c in d["claims"]}
+    assert judged["(b) help losses keep integrity", "OVW"] is True and judged["(c) L_help matters", "OVW"] is True
+    assert "read from" in capsys.readouterr().out
+    calls.clear()
+    bench.main(argv)
+    assert calls == []  # everything read back
+    monkeypatch.setitem(KIND_RULES["object"], "ovw", {"lr": 1e-3})  # OVW's rule changed: OVW and its ablation again
+    bench.main(argv)
+    assert calls == ["ovw", "ovw-nohelp"]
+    calls.clear()
+    bench.main(argv + ["--fresh"])
+    assert calls == list(lpips)
+    d = json.loads(out.read_text())
+    d["neighbour"] = "triangle"  # another pair's file at the same path is not read
+    out.write_text(json.dumps(d))
+    calls.clear()
+    bench.main(argv)
+    assert calls == list(lpips)
 
 
 def test_forget_seeds_bench_reads_seed_ranges():
