@@ -61,13 +61,13 @@ GRID["saddle-forms"] = [{"constraint": c, "tau_mult": m} for c, ms in SADDLE_FOR
 
 # The sweep behind a kind's rule (`experiments.KIND_RULES`), run on two pairs of the kind (`--rule` picks over both)
 # and checked on a third (`bench/claims.py`): concepts of that kind are harder to forget, so the knob goes up, never
-# down: each method's default and 3× and 10× its learning rate. One exception, measured: for colours ESD-x's knob is
-# its negative-guidance scale η, because on red its learning rate did not make it forget at any of the three values
-# (forget rate 1.00, 1.00, 0.93; at 10× retain accuracy 0.05; bench/tune-red.json keeps those rows), while on the
-# styles η did not (wavy 0.93, 0.77, 0.87; striped 1.00 at every η; bench/tune-{wavy,striped}.json).
+# down: each method's default and 3x and 10x its learning rate, for every kind. (Until 2026-12-06 the colours' ESD-x
+# knob was its negative-guidance scale η, because the kit's earlier ESD-x did not forget red at any learning rate;
+# the authors' ESD-x forgets no colour at any η (1.00 on blue and red at η 1, 3, 10) and forgets both at 3x its lr:
+# bench/tune-{blue,red}.json keep the η rows, unpicked.)
 _LR_LADDER = {m: [{}, {"lr": 3 * make_config(m).lr}, {"lr": 10 * make_config(m).lr}]
               for m in ("esd-x", "salun", "sa", "saddle", "ovw")}
-KIND_GRIDS = {"object": _LR_LADDER, "style": _LR_LADDER, "colour": {**_LR_LADDER, "esd-x": [{}, {"eta": 3.0}, {"eta": 10.0}]}}
+KIND_GRIDS = {"object": _LR_LADDER, "style": _LR_LADDER, "colour": _LR_LADDER}
 
 
 def append_row(out: Path, row: dict) -> list[dict]:
@@ -140,31 +140,21 @@ def main(argv=None):
     ap.add_argument("--neighbour", default=None, help="with --forget: the concept to watch")
     ap.add_argument("--rule", default=None, help="comma-separated words whose bench/tune-WORD.json sweeps exist: "
                     "print the kind's rule picked over all of them, then stop")
-    ap.add_argument("--lr-ladder", action="store_true",
-                    help="with --forget: sweep every method's learning-rate ladder, also where its kind's grid has "
-                    "another knob (colours: ESD-x's η); those rows are kept, not picked by the kind's rule")
     ap.add_argument("--forget-noise", default="shared", choices=NOISE,
                     help="the forget images' noise: one per seed (shared, the profile's) or one per image (per-image)")
     args = ap.parse_args(argv)
     if args.rule:
         return print_rule(args.rule.split(","), args.forget_noise)
     grid = KIND_GRIDS[world.kind_of(args.forget)] if args.forget else GRID
-    if args.lr_ladder:
-        if not args.forget:
-            raise SystemExit("--lr-ladder: only with --forget WORD (the built-in tasks' GRID has its own knobs)")
-        grid = _LR_LADDER
     args.methods = args.methods or ",".join(m for m in grid if m != "saddle-forms")
     out = Path(args.out or f"bench/tune-{args.forget or args.task}.json")
     rows = json.loads(out.read_text()) if out.exists() else []
     P = dataclasses.replace(profile("cpu"), forget_noise=args.forget_noise)
+    setting = sweep_setting(P)
     base = uk.load_base(device="cpu")
     task = (P.trim(world.task(args.forget, neighbour=args.neighbour, name=f"pair-{args.forget}-{args.neighbour}"))
             if args.forget else P.task(args.task))
     lpips = LPIPSDistance()
-    # what the rows depend on besides the method's config: a changed profile runs them again
-    setting = {"method_overrides": P.method_overrides, **P.evaluation}
-    if P.method_settings:
-        setting["method_settings"] = P.method_settings
     for name in args.methods.split(","):
         if name not in grid:
             raise SystemExit(f"--methods: unknown {name!r}; choose from {', '.join(grid)}")
@@ -211,9 +201,23 @@ def main(argv=None):
                                        for t, r in p.items()) + " |")
 
 
-def noise_of(row: dict) -> str:
-    """The forget images' noise a sweep row was judged with ('shared' where its settings do not say)."""
-    return (row.get("profile") or {}).get("forget_noise", "shared")
+def sweep_setting(P) -> dict:
+    """What a sweep row depends on besides the method's config and code: the profile's method overrides, evaluation
+    settings (the forget noise among them, said only when per-image) and method settings. A changed profile runs
+    the rows again."""
+    setting = {"method_overrides": P.method_overrides, **P.evaluation}
+    if P.method_settings:
+        setting["method_settings"] = P.method_settings
+    return setting
+
+
+def current_rows(rows: list[dict], noise: str = "shared") -> list[dict]:
+    """The rows measured with today's code of their method and today's cpu profile, judged with `noise`: rows of an
+    earlier version (or an earlier profile) stay in the JSON but no rule reads them."""
+    setting = sweep_setting(dataclasses.replace(profile("cpu"), forget_noise=noise))
+    codes = {}
+    return [r for r in rows if r.get("profile") == setting
+            and r.get("code") == codes.setdefault(r["method"], method_code_hash(r["method"]))]
 
 
 def print_rule(words: list[str], noise: str = "shared") -> None:
@@ -222,7 +226,7 @@ def print_rule(words: list[str], noise: str = "shared") -> None:
         path = Path(f"bench/tune-{w}.json")
         if not path.exists():
             raise SystemExit(f"--rule: {path} does not exist; run bench/tune.py --forget {w} --neighbour WORD first")
-        by_pair[w] = [r for r in json.loads(path.read_text()) if noise_of(r) == noise]
+        by_pair[w] = current_rows(json.loads(path.read_text()), noise)
     print(f"forget images' noise: {noise}")
     kinds = {world.kind_of(w) for w in words}
     if len(kinds) != 1:
