@@ -220,7 +220,7 @@ def test_a_concept_without_a_tuned_task_gets_its_kinds_rule():
     from unlearnkit import experiments
 
     # a kind's rule is its own (picked over two pairs of the kind), not the built-in task's pick
-    assert experiments.tuned("pair-striped-dotted", "esd-x", "style") == experiments.KIND_RULES["style"]["esd-x"]
+    assert experiments.tuned("pair-striped-dotted", "salun", "style") == experiments.KIND_RULES["style"]["salun"]
     assert experiments.tuned("pair-striped-dotted", "sa", "style") == {}  # the default won for SA on styles
     assert experiments.tuned("pair-red-yellow", "sa", "colour") == experiments.KIND_RULES["colour"]["sa"]
     # the ablation takes OVW's rule
