@@ -35,7 +35,9 @@ TUNED: dict[str, dict[str, dict]] = {
 # forget rate; then checked on pairs no sweep saw (`bench/claims.py`). The pairs: objects circle (watching square) and
 # square (watching circle), styles wavy (striped) and striped (dotted), colours blue (green) and red (yellow);
 # bench/tune-WORD.json. Swept 2026-12-04/06 with the authors' ESD-x, SalUn and SA and with Saddle and OVW, on the
-# held-out retain split, on shared and on per-image forget noise: the picks are the same on both noises.
+# held-out retain split, on shared and on per-image forget noise. These are the per-image picks (the noise the claims
+# pass uses); on shared noise one differs: OVW on colours would be 10x its lr, because at 3x *red* read 0.29 with
+# shared noise and 0.14 with per-image noise.
 # - object: no rung of ESD-x's or SA's ladder forgets both (ESD-x at 10x: circle 0.00 with retain accuracy 0.05,
 #   square 0.67; SA at 10x: 0.65 and 0.71): their rule is the lowest worst-pair rate, `run_until_forgotten` climbs on.
 # - colour: the authors' ESD-x forgets no colour at any negative-guidance scale η (the grid's knob until 2026-12-06,
