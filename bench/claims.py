@@ -113,11 +113,9 @@ def main(argv=None):
     keys = {label: entry_key(base_fp, task, m, P) for label, m in {**methods, **BEYOND}.items()}
     # an earlier call's entries measured from the same key are kept (one of --all's too, when this call has no --all)
     entries = {label: e for label, e in stored.items() if e["key"] == keys.get(label)}
-    reused = [label for label in entries]
+    reused = list(entries)
 
-    def write(complete: bool) -> None:
-        rows, train_rows = (claims(results_of(entries)), claims(on_training_prompts(results_of(entries)))) \
-            if complete else ([], [])
+    def write(complete: bool, rows=(), train_rows=()) -> None:  # the claims only once every method is in
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(
             {"forget": args.forget, "neighbour": args.neighbour, "profile": P.name, "retain": "held-out (train beside)",
              "forget_noise": P.forget_noise, "rules": KIND_RULES.get(task.kind, {}), "complete": complete,
@@ -140,9 +138,9 @@ def main(argv=None):
         write(complete=False)  # an interrupted pass keeps what it measured
     order = [*methods, *BEYOND]
     entries = dict(sorted(entries.items(), key=lambda kv: order.index(kv[0])))
-    write(complete=True)
     results = results_of(entries)
     rows, train_rows = claims(results), claims(on_training_prompts(results))
+    write(True, rows, train_rows)
     rule = KIND_RULES.get(task.kind)
     print(f"forget {args.forget!r}, watch {args.neighbour!r} ({P.name} profile; "
           + (f"the {task.kind} rule {rule}, else the defaults" if rule else "method defaults")
@@ -168,6 +166,7 @@ def results_of(entries: dict) -> dict:
     """The entries as the claims read them: evaluate's numbers (intervals as tuples), `train` beside."""
     tup = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
     return {label: {**tup(e), "train": tup(e["train"])} for label, e in entries.items()}
+
 
 if __name__ == "__main__":
     sys.exit(main())

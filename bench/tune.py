@@ -175,7 +175,7 @@ def main(argv=None):
     print("| method | config | forget rate | lpips_ret [95% CI] | retain acc | picked |\n|---|---|---|---|---|---|")
     for m in (g for g in grid if g != "saddle-forms"):
         # rows of another version of the method (or from before rows kept its code) stay in the JSON, unpicked
-        mine = [r for r in rows if r["method"] == m and r.get("profile") == setting and r.get("code") == method_code_hash(m)]
+        mine = [r for r in current_rows(rows, args.forget_noise) if r["method"] == m]
         if args.forget:  # rows of an earlier grid stay in the JSON, but the pick is made within today's grid
             mine = [r for r in mine if r["overrides"] in grid[m]]
         if not mine:
@@ -215,9 +215,8 @@ def current_rows(rows: list[dict], noise: str = "shared") -> list[dict]:
     """The rows measured with today's code of their method and today's cpu profile, judged with `noise`: rows of an
     earlier version (or an earlier profile) stay in the JSON but no rule reads them."""
     setting = sweep_setting(dataclasses.replace(profile("cpu"), forget_noise=noise))
-    codes = {}
-    return [r for r in rows if r.get("profile") == setting
-            and r.get("code") == codes.setdefault(r["method"], method_code_hash(r["method"]))]
+    codes = {m: method_code_hash(m) for m in {r["method"] for r in rows}}  # once per method, not per row
+    return [r for r in rows if r.get("profile") == setting and r.get("code") == codes[r["method"]]]
 
 
 def print_rule(words: list[str], noise: str = "shared") -> None:
