@@ -26,8 +26,11 @@ def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n <= 0:
         raise ValueError("wilson_ci needs at least one judged image")
     p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    # the interval holds its point exactly: in floats, centre - half at k = 0 can come out a hair above 0
+    # (0 of 11: 2.8e-17) and centre + half at k = n a hair below 1 (6 of 6: 0.9999999999999999)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def rate_ci(hits, z: float = 1.96) -> tuple[float, tuple[float, float]]:

@@ -118,6 +118,14 @@ def world_grid(images: torch.Tensor, row_labels, col_labels, panel_labels, title
     return _finish(fig, path)
 
 
+def _yerr(values, cis):
+    """matplotlib's yerr ([below], [above]) of points and their (lo, hi) intervals. Clipped at 0: matplotlib refuses
+    a negative length, and an interval can miss its point by a rounding error, or by more (a percentile bootstrap
+    interval need not hold the point it was drawn around)."""
+    return [[max(0.0, v - lo) for v, (lo, _) in zip(values, cis)],
+            [max(0.0, hi - v) for v, (_, hi) in zip(values, cis)]]
+
+
 # how notebooks name evaluate's keys on an axis
 LABELS = {"lpips_ret": "LPIPS_ret (↓)", "integrity": "I = 1 − LPIPS_ret (↑)", "retain_accuracy": "accuracy (↑)",
           "forget_rate": "forget rate (↓)", "fid": "FID, classifier features (↓)", "lpips_forget": "LPIPS_forget"}
@@ -134,7 +142,7 @@ def metric_curves(results: dict, keys=("lpips_ret", "retain_accuracy", "fid"), x
         cis = [results[x].get(key + "_ci") for x in xs]
         err = None
         if all(ci is not None for ci in cis):
-            err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
+            err = _yerr(ys, cis)
         ax.errorbar(range(len(xs)), ys, yerr=err, marker="o", ms=4, capsize=3, lw=1.2)
         for k, y in enumerate(ys):
             ax.annotate(f"{y:.3g}", (k, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
@@ -195,7 +203,7 @@ def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True
             jitter = (torch.rand(len(v), generator=g) - 0.5) * 0.35
             lo, hi = bootstrap_ci(v) if len(v) > 1 else (float(v.mean()),) * 2
             ax.bar(k, float(v.mean()), width=0.6, color="#f3d9b1", zorder=1)
-            ax.errorbar(k, float(v.mean()), yerr=[[float(v.mean()) - lo], [hi - float(v.mean())]], color="#333333",
+            ax.errorbar(k, float(v.mean()), yerr=_yerr([float(v.mean())], [(lo, hi)]), color="#333333",
                         capsize=3, lw=1, zorder=3)
             ax.scatter(k + jitter, v, s=9, color="#7a1f5c", alpha=0.8, lw=0, zorder=2)
         ax.set_xticks(range(len(concepts)), concepts, fontsize=7, rotation=30)
@@ -239,15 +247,15 @@ def sequence_figure(rows: dict[str, list[dict]], title: str = "", path=None):
     for label, rs in rows.items():
         stages = [r["stage"] for r in rs]
         y = [r["lpips_ret"] for r in rs]
-        err = [[v - r["lpips_ret_ci"][0] for v, r in zip(y, rs)], [r["lpips_ret_ci"][1] - v for v, r in zip(y, rs)]]
-        axes[0][0].errorbar(stages, y, yerr=err, marker="o", ms=3, capsize=2, label=label)
+        axes[0][0].errorbar(stages, y, yerr=_yerr(y, [r["lpips_ret_ci"] for r in rs]), marker="o", ms=3, capsize=2,
+                            label=label)
         for ax, c in zip(axes[0][1:], concepts):
             pts = [(r["stage"], r["forget_rates"][c], (r.get("forget_rates_ci") or {}).get(c)) for r in rs
                    if r["forget_rates"].get(c) is not None]
             if pts:
                 x, v, ci = zip(*pts)
-                err = [[a - (b or (a, a))[0] for a, b in zip(v, ci)], [(b or (a, a))[1] - a for a, b in zip(v, ci)]]
-                ax.errorbar(x, v, yerr=err, marker="o", ms=3, capsize=2, label=label)
+                ax.errorbar(x, v, yerr=_yerr(v, [b or (a, a) for a, b in zip(v, ci)]), marker="o", ms=3, capsize=2,
+                            label=label)
     axes[0][0].set_title("LPIPS_ret vs the original base", fontsize=8)
     for ax, c in zip(axes[0][1:], concepts):
         ax.set_title(f"forget rate of {c!r}", fontsize=8)
@@ -273,7 +281,7 @@ def attack_figure(results: dict[str, dict[str, dict]], title: str = "", path=Non
         for k, (label, r) in enumerate(per.items()):
             for dx, key, colour in ((-0.18, "forget_rate", "#9bb7d4"), (0.18, "recovered_forget_rate", "#7a1f5c")):
                 lo, hi = r[key + "_ci"]
-                ax.bar(k + dx, r[key], width=0.34, color=colour, yerr=[[r[key] - lo], [hi - r[key]]], capsize=2,
+                ax.bar(k + dx, r[key], width=0.34, color=colour, yerr=_yerr([r[key]], [(lo, hi)]), capsize=2,
                        label=("no attack" if key == "forget_rate" else "learned word") if k == 0 else None)
         ax.set_xticks(range(len(per)), list(per), fontsize=7, rotation=30)
         ax.set_ylim(0, 1.05)
