@@ -151,17 +151,6 @@ def test_what_was_drawn_says_how_often_the_neighbour_is_still_drawn(monkeypatch)
     assert "square in 100% of images (base 100%); neighbour and rest pay alike" in lines["B"]
 
 
-def test_wilson_intervals_hold_their_point_exactly():
-    from unlearnkit.evaluation.stats import wilson_ci
-
-    # in floats, 0 of 11 gave a lower end of 2.8e-17 and 6 of 6 an upper end of 0.9999999999999999
-    for n in range(1, 120):
-        for k in (0, 1, n // 2, n - 1, n):
-            lo, hi = wilson_ci(k, n)
-            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
-        assert wilson_ci(0, n)[0] == 0.0 and wilson_ci(n, n)[1] == 1.0
-
-
 def test_sequence_figure_draws_intervals_that_miss_their_point():
     # notebook 12 died in sequence_figure on "'yerr' must not contain negative values": an interval a rounding error
     # (Wilson's at 6 of 6) or more (a percentile bootstrap) off its point; the error bar is clipped, not refused

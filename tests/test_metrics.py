@@ -297,3 +297,14 @@ def test_a_profile_says_its_forget_noise_only_where_it_is_not_shared():
     P = profile("cpu")
     assert "forget_noise" not in P.evaluation  # the tuning rows' settings of every earlier sweep stay comparable
     assert replace(P, forget_noise="per-image").evaluation["forget_noise"] == "per-image"
+
+
+def test_wilson_intervals_hold_their_point_exactly():
+    from unlearnkit.evaluation.stats import wilson_ci
+
+    # in floats, 0 of 11 gave a lower end of 2.8e-17 and 6 of 6 an upper end of 0.9999999999999999
+    for n in range(1, 120):
+        for k in (0, 1, n // 2, n - 1, n):
+            lo, hi = wilson_ci(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+        assert wilson_ci(0, n)[0] == 0.0 and wilson_ci(n, n)[1] == 1.0

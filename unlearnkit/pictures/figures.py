@@ -201,9 +201,10 @@ def retain_spread(results: dict, title: str = "", path=None, sharey: bool = True
         for k, c in enumerate(concepts):
             v = torch.tensor([p["lpips"] for p in r["retain_pairs"] if p["concept"] == c])
             jitter = (torch.rand(len(v), generator=g) - 0.5) * 0.35
-            lo, hi = bootstrap_ci(v) if len(v) > 1 else (float(v.mean()),) * 2
-            ax.bar(k, float(v.mean()), width=0.6, color="#f3d9b1", zorder=1)
-            ax.errorbar(k, float(v.mean()), yerr=_yerr([float(v.mean())], [(lo, hi)]), color="#333333",
+            mean = float(v.mean())
+            ci = bootstrap_ci(v) if len(v) > 1 else (mean, mean)
+            ax.bar(k, mean, width=0.6, color="#f3d9b1", zorder=1)
+            ax.errorbar(k, mean, yerr=_yerr([mean], [ci]), color="#333333",
                         capsize=3, lw=1, zorder=3)
             ax.scatter(k + jitter, v, s=9, color="#7a1f5c", alpha=0.8, lw=0, zorder=2)
         ax.set_xticks(range(len(concepts)), concepts, fontsize=7, rotation=30)
@@ -280,8 +281,7 @@ def attack_figure(results: dict[str, dict[str, dict]], title: str = "", path=Non
     for ax, (task, per) in zip(axes[0], results.items()):
         for k, (label, r) in enumerate(per.items()):
             for dx, key, colour in ((-0.18, "forget_rate", "#9bb7d4"), (0.18, "recovered_forget_rate", "#7a1f5c")):
-                lo, hi = r[key + "_ci"]
-                ax.bar(k + dx, r[key], width=0.34, color=colour, yerr=_yerr([r[key]], [(lo, hi)]), capsize=2,
+                ax.bar(k + dx, r[key], width=0.34, color=colour, yerr=_yerr([r[key]], [r[key + "_ci"]]), capsize=2,
                        label=("no attack" if key == "forget_rate" else "learned word") if k == 0 else None)
         ax.set_xticks(range(len(per)), list(per), fontsize=7, rotation=30)
         ax.set_ylim(0, 1.05)
