@@ -3,7 +3,6 @@ import torch
 
 import unlearnkit as uk
 from unlearnkit.methods import METHODS, make_config
-from unlearnkit.train import select_params
 
 FAST = dict(steps=2, batch_size=2, data_steps=2, progress=False)  # 2 steps, 2 DDIM steps for data
 

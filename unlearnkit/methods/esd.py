@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from .. import losses
 from ..sampling import esd_partial_ddim, esd_stop_index
 from .base import Method, UnlearnConfig, register_method
